@@ -1,0 +1,160 @@
+//! `tenantflow`: the command-line entry point (run, validate, demo).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tenantflow_core::plan;
+use tenantflow_engine::{run, RunConfig, RunReport};
+
+/// The quickstart job, embedded so `tenantflow demo` works from any directory.
+const QUICKSTART: &str = include_str!("../../jobs/quickstart.toml");
+
+#[derive(Parser)]
+#[command(name = "tenantflow", version, about = "Multi-tenant stream analytics on Timely Dataflow")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Worker threads per process.
+    #[arg(short, long, default_value_t = 1, env = "TENANTFLOW_WORKERS")]
+    workers: usize,
+    /// Processes in the Timely cluster (each started with its own --process index).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    processes: usize,
+    /// This process's index, 0-based.
+    #[arg(short, long, default_value_t = 0)]
+    process: usize,
+    /// File with one host:port per line, one line per process (default: 127.0.0.1:2101, :2102, ...).
+    #[arg(long)]
+    hostfile: Option<PathBuf>,
+    /// Override a job setting, e.g. --set source.events=1000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// No progress lines and no summary on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job file until its sources are exhausted (forever for unbounded sources).
+    Run {
+        /// The job file (TOML).
+        job: PathBuf,
+        #[command(flatten)]
+        args: RunArgs,
+    },
+    /// Check a job file without running it; prints every problem with file:line:column.
+    Validate {
+        job: PathBuf,
+        /// Override a job setting, as for `run`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Run the quickstart job on generated music-streaming events and print window results.
+    Demo {
+        #[command(flatten)]
+        args: RunArgs,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTFLOW_LOG").unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { job, set } => {
+            let name = job.display().to_string();
+            let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {name}"))?;
+            match plan::load(&name, &text, &set) {
+                Ok(p) => {
+                    let fields: Vec<String> = p.output.fields().iter().map(|(n, t)| format!("{n} {t}")).collect();
+                    println!("{name}: ok (job `{}`; output: {})", p.spec.name, fields.join(", "));
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Command::Run { job, args } => {
+            let name = job.display().to_string();
+            let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {name}"))?;
+            run_text(&name, &text, &args)
+        }
+        Command::Demo { args } => run_text("jobs/quickstart.toml", QUICKSTART, &args),
+    }
+}
+
+fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let plan = match plan::load(name, text, &args.set) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let dead_path = plan.spec.dead_letter_path.clone();
+    let cfg = RunConfig {
+        workers: args.workers,
+        processes: args.processes,
+        process: args.process,
+        hostfile: args.hostfile.clone(),
+        progress: !args.quiet,
+    };
+    let report = run(plan, &cfg)?;
+    if !args.quiet {
+        summary(&report, &dead_path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary(r: &RunReport, dead_path: &str) {
+    let secs = r.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "done: {} events in {:.2}s ({:.0}/s), {} windows, {} rows out, {} late dropped, {} late to side output, {} late updates, {} dead letters{}",
+        r.events_in,
+        secs,
+        r.events_in as f64 / secs,
+        r.windows_fired,
+        r.rows_out,
+        r.late_dropped,
+        r.late_side_output,
+        r.late_updates,
+        r.dead_letters,
+        if r.dead_letters > 0 { format!(" (in {dead_path})") } else { String::new() }
+    );
+}

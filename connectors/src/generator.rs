@@ -1,0 +1,249 @@
+//! The synthetic event generator: deterministic for a seed, whatever the number of workers.
+//!
+//! Event `g` (0, 1, 2, ...) is a pure function of (seed, g); worker `w` of `n` generates the
+//! events with `g % n == w`. Event time is `start_time + g * event_interval`, minus a delay for
+//! the configured out-of-order and late fractions.
+
+use std::time::Instant;
+
+use compact_str::{format_compact, CompactString};
+use tenantflow_core::job::{GeneratorProfile, GeneratorSpec};
+use tenantflow_core::{Schema, Value};
+
+use crate::source::{Batch, Poll, Source};
+
+const EVENT_TYPES: &[(&str, u32)] = &[
+    ("play", 550),
+    ("skip", 200),
+    ("like", 80),
+    ("search", 70),
+    ("playlist_add", 50),
+    ("subscribe", 20),
+    ("cancel", 15),
+    ("payment_failed", 15),
+];
+const COUNTRIES: &[(&str, u32)] = &[
+    ("US", 30),
+    ("BR", 12),
+    ("DE", 8),
+    ("GB", 8),
+    ("MX", 6),
+    ("FR", 6),
+    ("SE", 5),
+    ("JP", 5),
+    ("IN", 5),
+    ("ES", 4),
+    ("CA", 4),
+    ("AU", 3),
+    ("NL", 2),
+    ("PL", 2),
+];
+const DEVICES: &[(&str, u32)] = &[("mobile", 55), ("desktop", 20), ("web", 10), ("tv", 6), ("speaker", 5), ("car", 4)];
+const PRICES: &[f64] = &[9.99, 14.99, 4.99];
+
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    // splitmix64 finaliser
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[inline]
+fn unit(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A weighted choice table: cumulative weights, values.
+struct Choice {
+    cumulative: Vec<f64>,
+    values: Vec<Value>,
+}
+
+impl Choice {
+    fn new(items: &[(&str, u32)]) -> Choice {
+        let total: u32 = items.iter().map(|(_, w)| w).sum();
+        let mut acc = 0.0;
+        let cumulative = items
+            .iter()
+            .map(|(_, w)| {
+                acc += *w as f64 / total as f64;
+                acc
+            })
+            .collect();
+        Choice { cumulative, values: items.iter().map(|(v, _)| Value::from(*v)).collect() }
+    }
+
+    fn zipf(names: Vec<CompactString>, s: f64) -> Choice {
+        let weights: Vec<f64> = (1..=names.len()).map(|k| 1.0 / (k as f64).powf(s)).collect();
+        let total: f64 = weights.iter().sum();
+        let mut acc = 0.0;
+        let cumulative = weights
+            .iter()
+            .map(|w| {
+                acc += w / total;
+                acc
+            })
+            .collect();
+        Choice { cumulative, values: names.into_iter().map(Value::Str).collect() }
+    }
+
+    #[inline]
+    fn index(&self, u: f64) -> usize {
+        self.cumulative.partition_point(|&c| c < u).min(self.values.len() - 1)
+    }
+
+    #[inline]
+    fn pick(&self, u: f64) -> &Value {
+        &self.values[self.index(u)]
+    }
+}
+
+pub struct Generator {
+    spec: GeneratorSpec,
+    next: u64,
+    step: u64,
+    produced: u64,
+    started: Option<Instant>,
+    per_worker_rate: Option<f64>,
+    /// Row position of each of the profile's fields, if the job declares it.
+    pos: Vec<Option<usize>>,
+    tenants: Choice,
+    event_types: Choice,
+    countries: Choice,
+    devices: Choice,
+    users: Vec<Value>,
+    tracks: Vec<Value>,
+    artists: Vec<Value>,
+}
+
+impl Generator {
+    pub fn new(spec: &GeneratorSpec, schema: &Schema, worker: usize, workers: usize) -> Generator {
+        let pos = spec.profile.fields().iter().map(|(n, _)| schema.lookup(n).map(|(p, _)| p)).collect();
+        let music = spec.profile == GeneratorProfile::Music;
+        let table = |n: u64, prefix: &str| -> Vec<Value> {
+            if music {
+                (0..n).map(|i| Value::Str(format_compact!("{prefix}{i}"))).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        let tenant_names = (0..spec.tenants).map(|i| format_compact!("tenant-{:02}", i)).collect();
+        Generator {
+            spec: spec.clone(),
+            next: worker as u64,
+            step: workers as u64,
+            produced: 0,
+            started: None,
+            per_worker_rate: spec.rate.map(|r| r / workers as f64),
+            pos,
+            tenants: Choice::zipf(tenant_names, 1.1),
+            event_types: Choice::new(EVENT_TYPES),
+            countries: Choice::new(COUNTRIES),
+            devices: Choice::new(DEVICES),
+            users: table(spec.users, "u"),
+            tracks: table(spec.tracks, "t"),
+            artists: table((spec.tracks / 10).max(1), "a"),
+        }
+    }
+
+    /// Event time of event `g`, with its out-of-order or late delay.
+    #[inline]
+    fn event_time(&self, g: u64, r: u64) -> i64 {
+        let base = self.spec.start_time + g as i64 * self.spec.event_interval;
+        if self.spec.out_of_order_fraction == 0.0 && self.spec.late_fraction == 0.0 {
+            return base;
+        }
+        let u = unit(mix(r ^ 0x0d0d));
+        if u < self.spec.late_fraction {
+            base - self.spec.late_delay
+        } else if u < self.spec.late_fraction + self.spec.out_of_order_fraction {
+            base - (unit(mix(r ^ 0x0e0e)) * self.spec.max_delay as f64) as i64
+        } else {
+            base
+        }
+    }
+
+    fn set(row: &mut [Value], pos: Option<usize>, v: Value) {
+        if let Some(p) = pos {
+            row[p] = v;
+        }
+    }
+
+    /// A `malformed_fraction` of events lack their tenant; the engine dead-letters them.
+    fn music(&self, g: u64, row: &mut [Value]) {
+        let r = mix(self.spec.seed ^ g.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let p = &self.pos;
+        let malformed = self.spec.malformed_fraction > 0.0 && unit(mix(r ^ 0x0f0f)) < self.spec.malformed_fraction;
+        if !malformed {
+            Self::set(row, p[0], self.tenants.pick(unit(r)).clone());
+        }
+        let u_user = mix(r ^ 1);
+        Self::set(row, p[1], self.users[(u_user % self.spec.users) as usize].clone());
+        // Track popularity is skewed: u^3 favours low track numbers.
+        let t = (unit(mix(r ^ 2)).powi(3) * self.spec.tracks as f64) as usize % self.tracks.len();
+        Self::set(row, p[2], self.tracks[t].clone());
+        Self::set(row, p[3], self.artists[t % self.artists.len()].clone());
+        Self::set(row, p[4], self.countries.pick(unit(mix(r ^ 3))).clone());
+        Self::set(row, p[5], self.devices.pick(unit(mix(r ^ 4))).clone());
+        let et = self.event_types.index(unit(mix(r ^ 5)));
+        Self::set(row, p[6], self.event_types.values[et].clone());
+        let u = unit(mix(r ^ 6));
+        let duration = match EVENT_TYPES[et].0 {
+            "play" => 30_000 + (u * 240_000.0) as i64,
+            "skip" => 1_000 + (u * 29_000.0) as i64,
+            _ => 0,
+        };
+        Self::set(row, p[7], Value::Int(duration));
+        let amount = match EVENT_TYPES[et].0 {
+            "subscribe" | "payment_failed" => Value::Float(PRICES[(mix(r ^ 7) % PRICES.len() as u64) as usize]),
+            _ => Value::Null,
+        };
+        Self::set(row, p[8], amount);
+        Self::set(row, p[9], Value::Ts(self.event_time(g, r)));
+    }
+
+    #[inline]
+    fn sequence(&self, g: u64, row: &mut [Value]) {
+        let p = &self.pos;
+        Self::set(row, p[0], Value::Int((g % self.spec.tenants) as i64));
+        Self::set(row, p[1], Value::Int((g % self.spec.users) as i64));
+        let r = if self.spec.out_of_order_fraction > 0.0 || self.spec.late_fraction > 0.0 { mix(self.spec.seed ^ g) } else { 0 };
+        Self::set(row, p[2], Value::Ts(self.event_time(g, r)));
+        Self::set(row, p[3], Value::Int((g % 1000) as i64));
+    }
+}
+
+impl Source for Generator {
+    fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll {
+        let mut budget = max as u64;
+        if let Some(rate) = self.per_worker_rate {
+            let started = *self.started.get_or_insert_with(Instant::now);
+            let allowed = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
+            budget = budget.min(allowed.saturating_sub(self.produced));
+            if budget == 0 {
+                return Poll::Pending;
+            }
+        }
+        let limit = self.spec.events.unwrap_or(u64::MAX);
+        for _ in 0..budget {
+            let g = self.next;
+            if g >= limit {
+                return Poll::Done;
+            }
+            self.next += self.step;
+            self.produced += 1;
+            let row = batch.push_row();
+            match self.spec.profile {
+                GeneratorProfile::Sequence => self.sequence(g, row),
+                GeneratorProfile::Music => self.music(g, row),
+            }
+        }
+        if self.next >= limit {
+            Poll::Done
+        } else {
+            Poll::Ready
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Sources and sinks: where rows enter and leave a job.
+//!
+//! Sources fill a [`Batch`] of typed rows (bad records become [`DeadLetter`]s, never errors that
+//! stop the job); sinks write finished rows. Each worker owns its own source instance and reads
+//! its own share of the input (see each source's docs for how the input is split).
+
+pub mod generator;
+pub mod json;
+pub mod sink;
+pub mod source;
+
+pub use sink::{DeadLetterWriter, Sink};
+pub use source::{Batch, DeadLetter, Poll, Source};
+
+/// Errors opening a source or sink (bad paths, unreadable files).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("no file matches `{0}`")]
+    NoMatch(String),
+    #[error("invalid file pattern `{pattern}`: {message}")]
+    BadPattern { pattern: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}

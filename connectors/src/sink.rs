@@ -1,0 +1,195 @@
+//! Sinks: a readable table or JSON lines on stdout, JSON lines to a file, or nothing; and the
+//! dead-letter file.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use tenantflow_core::{time, DataType, Value};
+
+use crate::source::DeadLetter;
+
+pub trait Sink {
+    fn write(&mut self, row: &[Value]) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// Writes one JSON object per row. Field names are escaped once, up front.
+pub struct JsonLines<W: Write> {
+    out: W,
+    keys: Vec<String>,
+}
+
+impl<W: Write> JsonLines<W> {
+    pub fn new(out: W, names: &[&str]) -> JsonLines<W> {
+        let keys = names.iter().map(|n| serde_json::to_string(n).unwrap_or_else(|_| format!("\"{n}\""))).collect();
+        JsonLines { out, keys }
+    }
+}
+
+/// Writes a value as JSON; timestamps as RFC 3339 strings.
+pub fn write_json_value(out: &mut impl Write, v: &Value) -> io::Result<()> {
+    match v {
+        Value::Null => out.write_all(b"null"),
+        Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
+        Value::Int(i) | Value::Interval(i) => write!(out, "{i}"),
+        Value::Float(f) if f.is_finite() => write!(out, "{f}"),
+        Value::Float(_) => out.write_all(b"null"),
+        Value::Str(s) => serde_json::to_writer(&mut *out, s.as_str()).map_err(io::Error::other),
+        Value::Ts(t) => write!(out, "\"{}\"", time::format_rfc3339(*t)),
+    }
+}
+
+/// A row as a JSON object string (for dead letters and logs).
+pub fn row_to_json(names: &[&str], row: &[Value]) -> String {
+    let mut out = JsonLines::new(Vec::new(), names);
+    // Writing to a Vec cannot fail.
+    let _ = out.write(row);
+    let mut s = String::from_utf8(out.out).unwrap_or_default();
+    s.pop();
+    s
+}
+
+impl<W: Write> Sink for JsonLines<W> {
+    fn write(&mut self, row: &[Value]) -> io::Result<()> {
+        self.out.write_all(b"{")?;
+        for (i, (k, v)) in self.keys.iter().zip(row).enumerate() {
+            if i > 0 {
+                self.out.write_all(b",")?;
+            }
+            self.out.write_all(k.as_bytes())?;
+            self.out.write_all(b":")?;
+            write_json_value(&mut self.out, v)?;
+        }
+        self.out.write_all(b"}\n")
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Creates (truncating) a JSON-lines file, with its parent directories.
+pub fn file_sink(path: &str, names: &[&str]) -> io::Result<JsonLines<BufWriter<File>>> {
+    Ok(JsonLines::new(BufWriter::with_capacity(1 << 16, create(path)?), names))
+}
+
+fn create(path: &str) -> io::Result<File> {
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    File::create(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+}
+
+/// A fixed-width table for people watching a terminal.
+pub struct Table<W: Write> {
+    out: W,
+    names: Vec<String>,
+    widths: Vec<usize>,
+    rows: u64,
+}
+
+impl<W: Write> Table<W> {
+    pub fn new(out: W, fields: &[(String, DataType)]) -> Table<W> {
+        let widths = fields
+            .iter()
+            .map(|(n, t)| {
+                let w = match t {
+                    DataType::Timestamp => 24,
+                    DataType::String => 14,
+                    DataType::Float => 12,
+                    _ => 9,
+                };
+                w.max(n.chars().count())
+            })
+            .collect();
+        Table { out, names: fields.iter().map(|(n, _)| n.clone()).collect(), widths, rows: 0 }
+    }
+
+    fn line(&mut self, cells: &[String]) -> io::Result<()> {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&self.widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let n = c.chars().count();
+            if n > *w {
+                s.extend(c.chars().take(w - 1));
+                s.push('…');
+            } else {
+                s.push_str(c);
+                s.extend(std::iter::repeat_n(' ', w - n));
+            }
+        }
+        writeln!(self.out, "{}", s.trim_end())
+    }
+}
+
+impl<W: Write> Sink for Table<W> {
+    fn write(&mut self, row: &[Value]) -> io::Result<()> {
+        if self.rows.is_multiple_of(40) {
+            let header = self.names.clone();
+            self.line(&header)?;
+        }
+        self.rows += 1;
+        let cells: Vec<String> = row
+            .iter()
+            .map(|v| match v {
+                Value::Float(f) => format!("{f:.3}"),
+                other => other.to_string(),
+            })
+            .collect();
+        self.line(&cells)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+pub struct Discard;
+
+impl Sink for Discard {
+    fn write(&mut self, _: &[Value]) -> io::Result<()> {
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Appends dead letters as JSON lines; the file is created on the first one.
+pub struct DeadLetterWriter {
+    path: String,
+    out: Option<BufWriter<File>>,
+    pub written: u64,
+}
+
+impl DeadLetterWriter {
+    pub fn new(path: &str) -> DeadLetterWriter {
+        DeadLetterWriter { path: path.to_string(), out: None, written: 0 }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn write(&mut self, d: &DeadLetter) -> io::Result<()> {
+        if self.out.is_none() {
+            self.out = Some(BufWriter::new(create(&self.path)?));
+        }
+        if let Some(out) = self.out.as_mut() {
+            serde_json::to_writer(&mut *out, d).map_err(io::Error::other)?;
+            out.write_all(b"\n")?;
+            self.written += 1;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        match self.out.as_mut() {
+            Some(o) => o.flush(),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The source interface, and the file and stdin sources of JSON lines.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+
+use tenantflow_core::Value;
+
+use crate::json::JsonDecoder;
+use crate::ConnectorError;
+
+/// Rows read by a source, stored flat: row `i` is `values[i * width..(i + 1) * width]`.
+/// The first fields are the declared schema; the rest are slots for derived fields.
+pub struct Batch {
+    pub width: usize,
+    pub values: Vec<Value>,
+    pub dead: Vec<DeadLetter>,
+}
+
+impl Batch {
+    pub fn new(width: usize) -> Batch {
+        Batch { width, values: Vec::new(), dead: Vec::new() }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.values.len() / self.width.max(1)
+    }
+
+    /// Appends a row of NULLs and returns it for filling in.
+    #[inline]
+    pub fn push_row(&mut self) -> &mut [Value] {
+        let start = self.values.len();
+        self.values.resize(start + self.width, Value::Null);
+        &mut self.values[start..]
+    }
+
+    /// Removes the last row (after a decoding error).
+    pub fn pop_row(&mut self) {
+        let len = self.values.len().saturating_sub(self.width);
+        self.values.truncate(len);
+    }
+
+    pub fn clear(&mut self) {
+        self.values.clear();
+        self.dead.clear();
+    }
+}
+
+/// A record that could not become a row, with why and where it came from.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    /// File path, `stdin` or `generator`.
+    pub source: String,
+    /// 1-based line number (or sequence number for generated records).
+    pub position: u64,
+    /// The record as read, truncated to 64 KiB.
+    pub raw: String,
+    /// The tenant, when it could be read.
+    pub tenant: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn new(reason: String, source: &str, position: u64, raw: &[u8]) -> DeadLetter {
+        let cut = raw.len().min(64 * 1024);
+        DeadLetter { reason, source: source.to_string(), position, raw: String::from_utf8_lossy(&raw[..cut]).into_owned(), tenant: None }
+    }
+}
+
+pub enum Poll {
+    /// Read what was available (up to the limit); call again.
+    Ready,
+    /// Nothing available now; call again later.
+    Pending,
+    /// Exhausted.
+    Done,
+}
+
+pub trait Source {
+    /// Appends up to `max` records to `batch`.
+    fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll;
+}
+
+/// A source with nothing to read (e.g. workers other than the one reading stdin).
+pub struct Empty;
+
+impl Source for Empty {
+    fn poll(&mut self, _: &mut Batch, _: usize) -> Poll {
+        Poll::Done
+    }
+}
+
+/// Expands file patterns (globs allowed) into a sorted list of files.
+pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, ConnectorError> {
+    let mut files = Vec::new();
+    for p in patterns {
+        let matches = glob::glob(p).map_err(|e| ConnectorError::BadPattern { pattern: p.clone(), message: e.to_string() })?;
+        let mut found: Vec<PathBuf> = matches.filter_map(Result::ok).filter(|f| f.is_file()).collect();
+        if found.is_empty() {
+            return Err(ConnectorError::NoMatch(p.clone()));
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}
+
+struct Split {
+    path: PathBuf,
+    start: u64,
+    end: u64,
+}
+
+struct OpenSplit {
+    name: String,
+    reader: BufReader<File>,
+    /// Offset of the next unread byte.
+    pos: u64,
+    end: u64,
+    /// Line number of the next line.
+    line: u64,
+}
+
+/// JSON lines from files. The files are treated as one byte stream cut into one contiguous
+/// range per worker; a line belongs to the worker whose range holds its first byte. So every
+/// line is read exactly once whatever the number of workers.
+pub struct FileSource {
+    splits: Vec<Split>,
+    open: Option<OpenSplit>,
+    decoder: JsonDecoder,
+    buf: Vec<u8>,
+}
+
+impl FileSource {
+    pub fn open(patterns: &[String], worker: usize, workers: usize, decoder: JsonDecoder) -> Result<FileSource, ConnectorError> {
+        let files = expand(patterns)?;
+        let mut sizes = Vec::new();
+        for f in &files {
+            let len = std::fs::metadata(f).map_err(|e| ConnectorError::Io { path: f.display().to_string(), source: e })?.len();
+            sizes.push(len);
+        }
+        let total: u64 = sizes.iter().sum();
+        let (lo, hi) = (total * worker as u64 / workers as u64, total * (worker as u64 + 1) / workers as u64);
+        let mut splits = Vec::new();
+        let mut offset = 0;
+        for (f, len) in files.into_iter().zip(sizes) {
+            let (s, e) = (lo.max(offset), hi.min(offset + len));
+            if s < e {
+                splits.push(Split { path: f, start: s - offset, end: e - offset });
+            }
+            offset += len;
+        }
+        splits.reverse();
+        Ok(FileSource { splits, open: None, decoder, buf: Vec::with_capacity(4096) })
+    }
+
+    fn open_next(&mut self) -> Result<bool, (String, std::io::Error)> {
+        let Some(split) = self.splits.pop() else { return Ok(false) };
+        let name = split.path.display().to_string();
+        let wrap = |e| (name.clone(), e);
+        let mut file = File::open(&split.path).map_err(wrap)?;
+        // Line numbers: count the newlines before the split (fast, and only once per split).
+        let mut line = 1;
+        if split.start > 0 {
+            let mut head = (&mut file).take(split.start);
+            let mut chunk = vec![0u8; 1 << 20];
+            loop {
+                let n = head.read(&mut chunk).map_err(wrap)?;
+                if n == 0 {
+                    break;
+                }
+                line += memchr::memchr_iter(b'\n', &chunk[..n]).count() as u64;
+            }
+        }
+        // A split that starts mid-line leaves that line to the previous worker.
+        let mut pos = split.start;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
+        if split.start > 0 {
+            reader.seek(SeekFrom::Start(split.start - 1)).map_err(wrap)?;
+            let mut skipped = Vec::new();
+            let n = reader.read_until(b'\n', &mut skipped).map_err(wrap)? as u64;
+            pos = split.start - 1 + n;
+            if n > 1 {
+                // The byte before the split was not a newline: the partial line was skipped.
+                line += 1;
+            }
+        }
+        self.open = Some(OpenSplit { name, reader, pos, end: split.end, line });
+        Ok(true)
+    }
+}
+
+impl Source for FileSource {
+    fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll {
+        let mut n = 0;
+        while n < max {
+            if self.open.is_none() {
+                match self.open_next() {
+                    Ok(true) => {}
+                    Ok(false) => return Poll::Done,
+                    Err((name, e)) => {
+                        batch.dead.push(DeadLetter::new(format!("cannot read file: {e}"), &name, 0, b""));
+                        continue;
+                    }
+                }
+            }
+            let Some(open) = self.open.as_mut() else { return Poll::Done };
+            if open.pos >= open.end {
+                self.open = None;
+                continue;
+            }
+            self.buf.clear();
+            let read = match open.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => {
+                    self.open = None;
+                    continue;
+                }
+                Ok(r) => r,
+                Err(e) => {
+                    batch.dead.push(DeadLetter::new(format!("read error: {e}"), &open.name, open.line, b""));
+                    self.open = None;
+                    continue;
+                }
+            };
+            open.pos += read as u64;
+            let line_no = open.line;
+            open.line += 1;
+            let line = trim_line(&self.buf);
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            n += 1;
+            let row = batch.push_row();
+            if let Err(reason) = self.decoder.decode(line, row) {
+                batch.pop_row();
+                batch.dead.push(DeadLetter::new(reason, &open.name, line_no, line));
+            }
+        }
+        Poll::Ready
+    }
+}
+
+fn trim_line(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && (b[end - 1] == b'\n' || b[end - 1] == b'\r') {
+        end -= 1;
+    }
+    &b[..end]
+}
+
+/// JSON lines from standard input, read by a thread into a bounded queue (so a slow job
+/// pushes back on the writer instead of buffering without limit).
+pub struct StdinSource {
+    rx: Receiver<Vec<u8>>,
+    decoder: JsonDecoder,
+    line: u64,
+}
+
+impl StdinSource {
+    pub fn spawn(decoder: JsonDecoder) -> StdinSource {
+        let (tx, rx) = sync_channel::<Vec<u8>>(4096);
+        std::thread::Builder::new()
+            .name("stdin-reader".into())
+            .spawn(move || {
+                let stdin = std::io::stdin();
+                let mut lock = stdin.lock();
+                loop {
+                    let mut buf = Vec::new();
+                    match lock.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if tx.send(buf).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .ok();
+        StdinSource { rx, decoder, line: 0 }
+    }
+}
+
+impl Source for StdinSource {
+    fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll {
+        for _ in 0..max {
+            match self.rx.try_recv() {
+                Ok(buf) => {
+                    self.line += 1;
+                    let line = trim_line(&buf);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let row = batch.push_row();
+                    if let Err(reason) = self.decoder.decode(line, row) {
+                        batch.pop_row();
+                        batch.dead.push(DeadLetter::new(reason, "stdin", self.line, line));
+                    }
+                }
+                Err(TryRecvError::Empty) => return Poll::Pending,
+                Err(TryRecvError::Disconnected) => return Poll::Done,
+            }
+        }
+        Poll::Ready
+    }
+}

@@ -1,0 +1,444 @@
+//! Validation of a [`JobSpec`] into a [`Plan`]: field names resolved to row positions, every
+//! expression type-checked, aggregates recognised. Workers compile the plan's expressions into
+//! closures with [`Plan::compile_steps`] and [`AggPlan::compile_arg`].
+
+use sqlparser::ast::{DuplicateTreatment, Expr as Ast, FunctionArg, FunctionArgExpr, FunctionArguments};
+
+use crate::expr::{self, CompiledExpr, ExprError};
+use crate::job::{self, JobError, JobErrors, JobSpec, Located, Step, TimeMode, WindowKind};
+use crate::schema::Schema;
+use crate::value::{DataType, Value};
+
+/// A validated job, ready to be turned into a dataflow.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub spec: JobSpec,
+    /// The declared event fields, at row positions 0..n.
+    pub input: Schema,
+    pub tenant_pos: usize,
+    pub tenant_type: DataType,
+    /// Row position of the event-time field (event-time jobs).
+    pub time_pos: Option<usize>,
+    /// Physical width of an input row: declared fields plus fields derived before the window.
+    pub row_width: usize,
+    /// Stateless steps before the window (or all steps when there is none).
+    pub pre: Vec<PlannedStep>,
+    /// What the window (or the sink, without a window) sees.
+    pub pre_schema: Schema,
+    pub window: Option<WindowPlan>,
+    /// Stateless steps on the window's output rows.
+    pub post: Vec<PlannedStep>,
+    /// Physical width of an output row.
+    pub out_width: usize,
+    /// The rows the sinks receive: names, types and positions in the output row.
+    pub output: Schema,
+}
+
+/// A stateless step with the schema it was checked against.
+#[derive(Debug, Clone)]
+pub struct PlannedStep {
+    pub schema: Schema,
+    pub kind: PlannedKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum PlannedKind {
+    Filter(String),
+    /// (row position, expression)
+    Derive(Vec<(usize, String)>),
+}
+
+/// A compiled stateless step.
+pub enum CompiledStep {
+    Filter(CompiledExpr),
+    Derive(Vec<(usize, CompiledExpr)>),
+}
+
+impl CompiledStep {
+    /// Applies the step to a row in place; returns false when the row is filtered out.
+    #[inline]
+    pub fn apply(&self, row: &mut [Value]) -> bool {
+        match self {
+            CompiledStep::Filter(e) => e.eval_bool(row),
+            CompiledStep::Derive(fields) => {
+                for (pos, e) in fields {
+                    let v = e.eval(row);
+                    row[*pos] = v;
+                }
+                true
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WindowPlan {
+    pub kind: WindowKind,
+    /// Row positions of the key fields (not including the tenant).
+    pub key_pos: Vec<usize>,
+    pub aggs: Vec<AggPlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AggFunc {
+    /// `count(*)`
+    CountAll,
+    /// `count(x)`: rows where x is not NULL.
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    CountDistinct,
+    ApproxCountDistinct,
+    /// Quantile in 0..=1.
+    Percentile(f64),
+    First,
+    Last,
+    TopK(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct AggPlan {
+    pub name: String,
+    pub func: AggFunc,
+    /// The argument expression (absent for `count(*)`), checked against the window's input.
+    pub arg: Option<String>,
+    pub arg_type: DataType,
+    pub out_type: DataType,
+}
+
+impl AggPlan {
+    pub fn compile_arg(&self, schema: &Schema) -> Option<CompiledExpr> {
+        // Validation compiled the same text against the same schema, so this cannot fail.
+        self.arg.as_ref().and_then(|a| expr::compile(a, schema).ok())
+    }
+}
+
+impl Plan {
+    pub fn compile_steps(steps: &[PlannedStep]) -> Vec<CompiledStep> {
+        steps
+            .iter()
+            .filter_map(|s| match &s.kind {
+                PlannedKind::Filter(text) => expr::compile(text, &s.schema).ok().map(CompiledStep::Filter),
+                PlannedKind::Derive(fields) => Some(CompiledStep::Derive(
+                    fields.iter().filter_map(|(pos, text)| expr::compile(text, &s.schema).ok().map(|e| (*pos, e))).collect(),
+                )),
+            })
+            .collect()
+    }
+
+    pub fn event_time(&self) -> bool {
+        self.spec.time.mode == TimeMode::Event
+    }
+}
+
+/// Reads and validates a job file.
+pub fn load(file: &str, text: &str, overrides: &[String]) -> Result<Plan, JobErrors> {
+    let spec = job::parse_job(file, text, overrides)?;
+    validate(file, text, spec)
+}
+
+struct V<'a> {
+    file: &'a str,
+    text: &'a str,
+    errors: Vec<JobError>,
+}
+
+impl V<'_> {
+    fn at(&mut self, loc: &Located<String>, message: String) {
+        self.errors.push(job::value_error(self.file, self.text, loc, 1, 1, message));
+    }
+
+    fn expr_err(&mut self, loc: &Located<String>, e: ExprError) {
+        self.errors.push(job::value_error(self.file, self.text, loc, e.line, e.column, e.message));
+    }
+
+    fn field(&mut self, schema: &Schema, loc: &Located<String>) -> Option<(usize, DataType)> {
+        let found = schema.lookup(&loc.value);
+        if found.is_none() {
+            self.at(loc, format!("unknown field `{}` (expected one of: {})", loc.value, schema.names().join(", ")));
+        }
+        found
+    }
+
+    /// Checks the stateless steps in `steps`, updating `schema` and `width`.
+    fn stateless(&mut self, steps: &[&Step], schema: &mut Schema, width: &mut usize) -> Vec<PlannedStep> {
+        let mut out = Vec::new();
+        for step in steps {
+            match step {
+                Step::Filter(cond) => match expr::compile(&cond.value, schema) {
+                    Ok(c) if matches!(c.ty, DataType::Bool | DataType::Null) => {
+                        out.push(PlannedStep { schema: schema.clone(), kind: PlannedKind::Filter(cond.value.clone()) })
+                    }
+                    Ok(c) => self.at(cond, format!("type error: a filter must be a bool condition, found {}", c.ty)),
+                    Err(e) => self.expr_err(cond, e),
+                },
+                Step::Derive(fields) => {
+                    let before = schema.clone();
+                    let mut planned = Vec::new();
+                    for (name, text) in fields {
+                        match expr::compile(&text.value, &before) {
+                            Ok(c) => {
+                                let ty = if c.ty == DataType::Null { DataType::String } else { c.ty };
+                                if ty == DataType::Interval {
+                                    self.at(
+                                        text,
+                                        "type error: a derived field cannot be an interval; use e.g. epoch_ms(a) - epoch_ms(b)".into(),
+                                    );
+                                    continue;
+                                }
+                                schema.push_at(name.clone(), ty, *width);
+                                planned.push((*width, text.value.clone()));
+                                *width += 1;
+                            }
+                            Err(e) => self.expr_err(text, e),
+                        }
+                    }
+                    out.push(PlannedStep { schema: before, kind: PlannedKind::Derive(planned) });
+                }
+                Step::Select(names) => {
+                    let mut narrowed = Schema::default();
+                    for n in names {
+                        if let Some((pos, ty)) = self.field(schema, n) {
+                            narrowed.push_at(n.value.clone(), ty, pos);
+                        }
+                    }
+                    *schema = narrowed;
+                }
+                Step::Window(_) => {}
+            }
+        }
+        out
+    }
+
+    fn aggregate(&mut self, name: &str, loc: &Located<String>, schema: &Schema) -> Option<AggPlan> {
+        let ast = match expr::parse(&loc.value) {
+            Ok(a) => a,
+            Err(e) => {
+                self.expr_err(loc, e);
+                return None;
+            }
+        };
+        let Ast::Function(f) = &ast else {
+            self.at(
+                loc,
+                "expected an aggregate such as count(*), sum(x), avg(x), count_distinct(x), approx_percentile(x, 0.95), top_k(x, 10)"
+                    .into(),
+            );
+            return None;
+        };
+        let fname = f.name.to_string().to_ascii_lowercase();
+        let (args, distinct) = match &f.args {
+            FunctionArguments::List(l) => (l.args.iter().collect::<Vec<_>>(), l.duplicate_treatment == Some(DuplicateTreatment::Distinct)),
+            _ => (Vec::new(), false),
+        };
+        let mut exprs: Vec<&Ast> = Vec::new();
+        let mut star = false;
+        for a in &args {
+            match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => exprs.push(e),
+                FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => star = true,
+                _ => {
+                    self.at(loc, format!("unsupported argument in `{fname}`"));
+                    return None;
+                }
+            }
+        }
+        let err = |v: &mut Self, e: ExprError| {
+            v.expr_err(loc, e);
+            None
+        };
+        let usage = |v: &mut Self, u: &str| -> Option<AggPlan> {
+            v.at(loc, format!("`{fname}` expects {u}"));
+            None
+        };
+        let constant = |e: &Ast| -> Option<Value> { expr::compile_ast(e, &Schema::default()).ok()?.literal().cloned() };
+        let func = match (fname.as_str(), star, exprs.len()) {
+            ("count", true, 0) => AggFunc::CountAll,
+            ("count", false, 1) if distinct => AggFunc::CountDistinct,
+            ("count", false, 1) => AggFunc::Count,
+            ("count", ..) => return usage(self, "`*` or one expression"),
+            ("sum", false, 1) => AggFunc::Sum,
+            ("min", false, 1) => AggFunc::Min,
+            ("max", false, 1) => AggFunc::Max,
+            ("avg", false, 1) => AggFunc::Avg,
+            ("count_distinct", false, 1) => AggFunc::CountDistinct,
+            ("approx_count_distinct", false, 1) => AggFunc::ApproxCountDistinct,
+            ("first", false, 1) => AggFunc::First,
+            ("last", false, 1) => AggFunc::Last,
+            ("p50", false, 1) => AggFunc::Percentile(0.5),
+            ("p95", false, 1) => AggFunc::Percentile(0.95),
+            ("p99", false, 1) => AggFunc::Percentile(0.99),
+            ("approx_percentile", false, 2) => match constant(exprs[1]).and_then(|v| v.as_f64()) {
+                Some(q) if (0.0..=1.0).contains(&q) => AggFunc::Percentile(q),
+                _ => {
+                    return usage(
+                        self,
+                        "a constant quantile between 0 and 1 as its second argument, e.g. approx_percentile(duration_ms, 0.95)",
+                    )
+                }
+            },
+            ("top_k", false, 2) => match constant(exprs[1]).and_then(|v| v.as_i64()) {
+                Some(k) if (1..=10_000).contains(&k) => AggFunc::TopK(k as usize),
+                _ => return usage(self, "a constant k between 1 and 10000 as its second argument, e.g. top_k(track_id, 10)"),
+            },
+            (n, ..) if expr::AGGREGATES.contains(&n) => {
+                return usage(
+                    self,
+                    match n {
+                        "approx_percentile" => "(expression, quantile)",
+                        "top_k" => "(expression, k)",
+                        _ => "one expression argument",
+                    },
+                )
+            }
+            (n, ..) => {
+                self.at(loc, format!("unknown aggregate `{n}` (expected one of: {})", expr::AGGREGATES.join(", ")));
+                return None;
+            }
+        };
+        let (arg, arg_type) = match exprs.first() {
+            Some(e) => match expr::compile_ast(e, schema) {
+                Ok(c) => (Some(e.to_string()), c.ty),
+                Err(x) => return err(self, x),
+            },
+            None => (None, DataType::Int),
+        };
+        let numeric = matches!(arg_type, DataType::Int | DataType::Float | DataType::Null);
+        let out_type = match func {
+            AggFunc::CountAll | AggFunc::Count | AggFunc::CountDistinct | AggFunc::ApproxCountDistinct => DataType::Int,
+            AggFunc::Sum if numeric => {
+                if arg_type == DataType::Float {
+                    DataType::Float
+                } else {
+                    DataType::Int
+                }
+            }
+            AggFunc::Avg | AggFunc::Percentile(_) if numeric => DataType::Float,
+            AggFunc::Sum | AggFunc::Avg | AggFunc::Percentile(_) => {
+                self.at(loc, format!("type error: `{fname}` needs a numeric argument, found {arg_type}"));
+                return None;
+            }
+            AggFunc::Min | AggFunc::Max | AggFunc::First | AggFunc::Last => arg_type,
+            AggFunc::TopK(_) => DataType::String,
+        };
+        Some(AggPlan { name: name.to_string(), func, arg, arg_type, out_type })
+    }
+}
+
+/// Checks a parsed job against its own schema.
+pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors> {
+    let mut v = V { file, text, errors: Vec::new() };
+    let input = Schema::new(spec.schema.fields.iter().map(|(n, t)| (n.value.clone(), *t)).collect());
+    if input.is_empty() {
+        v.at(&spec.schema.tenant, "the schema declares no fields (add a [schema.fields] table)".into());
+    }
+    let (tenant_pos, tenant_type) = match v.field(&input, &spec.schema.tenant) {
+        Some((p, t)) if matches!(t, DataType::String | DataType::Int) => (p, t),
+        Some((_, t)) => {
+            v.at(&spec.schema.tenant, format!("type error: the tenant field must be a string or int, found {t}"));
+            (0, DataType::String)
+        }
+        None => (0, DataType::String),
+    };
+    if let job::SourceSpec::Generator(g) = &spec.source {
+        let produced = g.profile.fields();
+        for (name, ty) in &spec.schema.fields {
+            match produced.iter().find(|(n, _)| *n == name.value) {
+                Some((_, t)) if t == ty => {}
+                Some((_, t)) => v.at(name, format!("type error: the generator produces `{}` as {t}, not {ty}", name.value)),
+                None => {
+                    let names: Vec<&str> = produced.iter().map(|(n, _)| *n).collect();
+                    v.at(
+                        name,
+                        format!(
+                            "the generator (profile \"{}\") produces no field `{}` (it produces: {})",
+                            g.profile.name(),
+                            name.value,
+                            names.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    let mut time_pos = None;
+    if let Some(f) = &spec.time.field {
+        match v.field(&input, f) {
+            Some((p, DataType::Timestamp)) => time_pos = Some(p),
+            Some((_, t)) => v.at(f, format!("type error: the event-time field must be a timestamp, found {t}")),
+            None => {}
+        }
+    }
+
+    let window_at = spec.steps.iter().position(|s| matches!(s, Step::Window(_)));
+    let windows: Vec<&job::WindowSpec> = spec.steps.iter().filter_map(|s| if let Step::Window(w) = s { Some(w) } else { None }).collect();
+    if windows.len() > 1 {
+        let w = windows[1];
+        let loc = Located { value: String::new(), key: w.key.clone(), span: w.span.clone() };
+        v.at(&loc, "a job has at most one window step (chain a second job on the first one's output instead)".into());
+    }
+    if let Some(w) = windows.first() {
+        if spec.time.mode == TimeMode::Processing && spec.time.key_span == (0..0) && spec.time.field.is_none() {
+            // No [time] table: windows use processing time. That is legal but worth no error.
+        } else if spec.time.mode == TimeMode::Event && spec.time.field.is_none() {
+            let loc = Located { value: String::new(), key: w.key.clone(), span: w.span.clone() };
+            v.at(&loc, "a window needs a time field: set [time] field = \"<timestamp field>\" or mode = \"processing\"".into());
+        }
+    }
+
+    let split = window_at.unwrap_or(spec.steps.len());
+    let before: Vec<&Step> = spec.steps[..split].iter().collect();
+    let after: Vec<&Step> = spec.steps.get(split + 1..).unwrap_or(&[]).iter().collect();
+    let mut schema = input.clone();
+    let mut width = input.len();
+    let pre = v.stateless(&before, &mut schema, &mut width);
+    let pre_schema = schema.clone();
+
+    let (window, post, output, out_width) = match windows.first() {
+        Some(w) => {
+            let mut key_pos = Vec::new();
+            let mut out = Schema::default();
+            let tenant_name = spec.schema.tenant.value.clone();
+            out.push_at(tenant_name.clone(), tenant_type, 0);
+            if pre_schema.lookup(&tenant_name).is_none() {
+                let loc = &spec.schema.tenant;
+                v.at(loc, format!("the tenant field `{tenant_name}` was removed by a `select` before the window; keep it"));
+            }
+            for k in &w.key_by {
+                if let Some((pos, ty)) = v.field(&pre_schema, k) {
+                    if k.value == tenant_name {
+                        v.at(k, "the tenant field is always part of the key; leave it out of key_by".into());
+                        continue;
+                    }
+                    key_pos.push(pos);
+                    out.push_at(k.value.clone(), ty, out.len());
+                }
+            }
+            out.push_at("window_start".into(), DataType::Timestamp, out.len());
+            out.push_at("window_end".into(), DataType::Timestamp, out.len());
+            let mut aggs = Vec::new();
+            for (name, text) in &w.aggregates {
+                if out.lookup(name).is_some() {
+                    v.at(text, format!("the aggregate name `{name}` is already an output field; choose another"));
+                    continue;
+                }
+                if let Some(a) = v.aggregate(name, text, &pre_schema) {
+                    out.push_at(name.clone(), a.out_type, out.len());
+                    aggs.push(a);
+                }
+            }
+            let mut width = out.len();
+            let mut schema = out;
+            let post = v.stateless(&after, &mut schema, &mut width);
+            (Some(WindowPlan { kind: w.kind, key_pos, aggs }), post, schema, width)
+        }
+        None => (None, Vec::new(), pre_schema.clone(), width),
+    };
+
+    if !v.errors.is_empty() {
+        return Err(JobErrors(v.errors));
+    }
+    Ok(Plan { spec, input, tenant_pos, tenant_type, time_pos, row_width: width, pre, pre_schema, window, post, out_width, output })
+}

@@ -1,0 +1,234 @@
+//! The ingest operator's logic: read a batch from the source, run the stateless steps, assign
+//! event time and the watermark, judge lateness, and pre-aggregate into window partials.
+//!
+//! Reading, stateless steps and pre-aggregation are fused into one operator (as Flink chains
+//! operators) so rows never cross a dataflow channel before they are reduced to partials.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tenantflow_connectors::sink::row_to_json;
+use tenantflow_connectors::{Batch, DeadLetter, Poll, Source};
+use tenantflow_core::job::{LatePolicy, WindowKind};
+use tenantflow_core::plan::{CompiledStep, Plan};
+use tenantflow_core::{time, Value};
+use tenantflow_operators::window::last_end;
+use tenantflow_operators::{Aggregates, PreAggregator};
+
+use crate::stats::{Shared, TenantCounts, IDLE};
+use crate::Msg;
+
+struct WindowPart {
+    pre: PreAggregator,
+    aggs: Aggregates,
+    /// Tenant position, then key positions.
+    key_pos: Vec<usize>,
+    kind: WindowKind,
+}
+
+pub enum Status {
+    /// More may be ready now.
+    Ready,
+    /// Nothing to read now; try again after a pause.
+    Pending,
+    /// The source is exhausted.
+    Done,
+}
+
+pub struct Ingest {
+    source: Box<dyn Source>,
+    batch: Batch,
+    batch_size: usize,
+    plan: Arc<Plan>,
+    steps: Vec<CompiledStep>,
+    window: Option<WindowPart>,
+    /// Row positions of the output fields (jobs without a window).
+    out_pos: Vec<usize>,
+    input_names: Vec<String>,
+    max_ts: i64,
+    watermark: i64,
+    tenants: TenantCounts,
+    shared: Arc<Shared>,
+    local: usize,
+    idle_since: Option<Instant>,
+}
+
+impl Ingest {
+    pub fn new(plan: Arc<Plan>, source: Box<dyn Source>, shared: Arc<Shared>, local: usize) -> Ingest {
+        let steps = Plan::compile_steps(&plan.pre);
+        let window = plan.window.as_ref().map(|w| WindowPart {
+            pre: PreAggregator::new(w.kind),
+            aggs: Aggregates::compile(&w.aggs, &plan.pre_schema),
+            key_pos: std::iter::once(plan.tenant_pos).chain(w.key_pos.iter().copied()).collect(),
+            kind: w.kind,
+        });
+        Ingest {
+            batch: Batch::new(plan.row_width),
+            batch_size: plan.spec.runtime.batch_size,
+            out_pos: plan.output.positions().to_vec(),
+            input_names: plan.input.names().iter().map(|s| s.to_string()).collect(),
+            steps,
+            window,
+            source,
+            max_ts: i64::MIN,
+            watermark: i64::MIN,
+            tenants: TenantCounts::default(),
+            shared,
+            local,
+            idle_since: None,
+            plan,
+        }
+    }
+
+    /// The source's watermark: event time up to which it will send no more on-time events.
+    pub fn watermark(&self) -> i64 {
+        self.watermark
+    }
+
+    fn dead(&mut self, out: &mut Vec<Msg>, reason: String, row: &[Value], tenant: Option<&Value>) {
+        let names: Vec<&str> = self.input_names.iter().map(String::as_str).collect();
+        let raw = row_to_json(&names, &row[..names.len()]);
+        let mut d = DeadLetter::new(reason, "row", 0, raw.as_bytes());
+        if let Some(t) = tenant {
+            d.tenant = Some(t.to_string());
+            self.tenants.get(t).dead_lettered += 1;
+        }
+        self.shared.dead_letters.fetch_add(1, Relaxed);
+        out.push(Msg::Dead(d));
+    }
+
+    /// Reads and processes one batch, appending messages to `out`.
+    pub fn step(&mut self, out: &mut Vec<Msg>) -> Status {
+        let status = self.source.poll(&mut self.batch, self.batch_size);
+        let now = time::now_micros();
+        for d in self.batch.dead.drain(..) {
+            self.shared.dead_letters.fetch_add(1, Relaxed);
+            self.tenants.get(&Value::Null).dead_lettered += 1;
+            out.push(Msg::Dead(d));
+        }
+        let plan = Arc::clone(&self.plan);
+        let event_time = plan.event_time();
+        let tenant_pos = plan.tenant_pos;
+        let time_pos = plan.time_pos.unwrap_or(0);
+        let ooo = plan.spec.time.max_out_of_orderness;
+        let lateness = plan.spec.time.allowed_lateness;
+        let policy = plan.spec.time.late_policy;
+        let width = self.batch.width.max(1);
+        let mut values = std::mem::take(&mut self.batch.values);
+        let rows = values.len() / width;
+        let mut late_dropped = 0;
+        'rows: for row in values.chunks_exact_mut(width) {
+            if row[tenant_pos].is_null() {
+                let reason = format!("missing tenant field `{}`", plan.spec.schema.tenant.value);
+                self.dead(out, reason, row, None);
+                continue;
+            }
+            let ts = if event_time {
+                match row[time_pos].as_i64() {
+                    Some(t) => t,
+                    None => {
+                        let reason = format!("missing event time field `{}`", plan.input.fields()[time_pos].0);
+                        let tenant = row[tenant_pos].clone();
+                        self.dead(out, reason, row, Some(&tenant));
+                        continue;
+                    }
+                }
+            } else {
+                now
+            };
+            self.tenants.get(&row[tenant_pos]).events_in += 1;
+            // Lateness is judged against the watermark before this event, which is
+            // deterministic for a given input order.
+            let wm = self.watermark;
+            if ts > self.max_ts {
+                self.max_ts = ts;
+                if event_time {
+                    self.watermark = self.watermark.max(ts.saturating_sub(ooo));
+                }
+            }
+            for s in &self.steps {
+                if !s.apply(row) {
+                    continue 'rows;
+                }
+            }
+            match self.window.as_mut() {
+                Some(w) => {
+                    let min_end = if policy == LatePolicy::Update { wm.saturating_sub(lateness) } else { wm };
+                    let added = w.pre.add(&w.aggs, row, &w.key_pos, ts, min_end);
+                    if last_end(w.kind, ts) <= wm {
+                        if added > 0 {
+                            self.shared.late_updates.fetch_add(1, Relaxed);
+                        } else {
+                            self.tenants.get(&row[tenant_pos]).late += 1;
+                            if policy == LatePolicy::SideOutput {
+                                self.shared.late_side_output.fetch_add(1, Relaxed);
+                                out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
+                            } else {
+                                late_dropped += 1;
+                            }
+                        }
+                    }
+                }
+                None => out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect())),
+            }
+        }
+        values.clear();
+        self.batch.values = values;
+        self.shared.events_in.fetch_add(rows as u64, Relaxed);
+        if late_dropped > 0 {
+            self.shared.late_dropped.fetch_add(late_dropped, Relaxed);
+        }
+        if let Some(w) = self.window.as_mut() {
+            out.extend(w.pre.drain().map(Msg::Partial));
+        }
+        if !event_time {
+            self.watermark = self.watermark.max(now);
+        }
+        match status {
+            Poll::Ready if rows > 0 => {
+                self.idle_since = None;
+                self.publish(self.watermark);
+                Status::Ready
+            }
+            Poll::Ready | Poll::Pending => {
+                self.check_idle();
+                Status::Pending
+            }
+            Poll::Done => {
+                self.publish(IDLE);
+                Status::Done
+            }
+        }
+    }
+
+    fn publish(&self, wm: i64) {
+        if let Some(slot) = self.shared.watermarks.get(self.local) {
+            slot.store(wm, Relaxed);
+        }
+    }
+
+    /// A source idle for longer than `idle_timeout` stops holding the watermark back: it
+    /// advances to the lowest watermark of the active sources in this process.
+    fn check_idle(&mut self) {
+        let Some(timeout) = self.plan.spec.time.idle_timeout else {
+            self.publish(self.watermark);
+            return;
+        };
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < Duration::from_micros(timeout as u64) {
+            self.publish(self.watermark);
+            return;
+        }
+        self.publish(IDLE);
+        if let Some(active) = self.shared.watermark() {
+            self.watermark = self.watermark.max(active);
+        }
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        self.shared.merge_tenants(std::mem::take(&mut self.tenants));
+    }
+}

@@ -1,0 +1,33 @@
+//! The runtime: turns a validated [`Plan`] into a Timely dataflow on every worker, runs it to
+//! completion (or forever, for unbounded sources), and reports what happened.
+//!
+//! Where a record goes: [`ingest`] (source, stateless steps, watermark, pre-aggregation) ->
+//! exchange by (tenant, key) -> [`dataflow`]'s window operator (merge, fire on the frontier) ->
+//! exchange to worker 0 -> sink operator (file/stdout writers, dead letters, late output).
+
+pub mod dataflow;
+pub mod ingest;
+pub mod run;
+pub mod stats;
+
+use serde::{Deserialize, Serialize};
+use tenantflow_connectors::DeadLetter;
+use tenantflow_core::Value;
+use tenantflow_operators::Partial;
+
+pub use run::{run, EngineError, RunConfig};
+pub use stats::{RunReport, TenantStats};
+pub use tenantflow_core::Plan;
+
+/// What flows between operators.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Msg {
+    /// Pre-aggregated window state, on its way to the worker that owns its key.
+    Partial(Partial),
+    /// A finished output row (output schema order).
+    Row(Vec<Value>),
+    /// A record that could not be processed.
+    Dead(DeadLetter),
+    /// A late event's declared fields (late policy `side_output`).
+    Late(Vec<Value>),
+}

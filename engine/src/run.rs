@@ -1,0 +1,189 @@
+//! Running a job: Timely configuration (threads, processes), sources per worker, the worker
+//! loop, and progress lines on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tenantflow_connectors::generator::Generator;
+use tenantflow_connectors::json::JsonDecoder;
+use tenantflow_connectors::source::{expand, Empty, FileSource, StdinSource};
+use tenantflow_connectors::{ConnectorError, Source};
+use tenantflow_core::job::{SourceSpec, WindowKind};
+use tenantflow_core::{time, Plan};
+
+use crate::dataflow::{build, fmt_watermark};
+use crate::stats::{RunReport, Shared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Source(#[from] ConnectorError),
+    #[error("cannot start workers: {0}")]
+    Timely(String),
+    #[error("a worker failed: {0}")]
+    Worker(String),
+    #[error("the job failed: {}", .0.join("; "))]
+    Failed(Vec<String>),
+}
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Number of processes in the Timely cluster (1 = this process only).
+    pub processes: usize,
+    /// This process's index in the cluster.
+    pub process: usize,
+    /// One `host:port` per line, one line per process.
+    pub hostfile: Option<PathBuf>,
+    /// Print progress lines to stderr once a second.
+    pub progress: bool,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig { workers: 1, processes: 1, process: 0, hostfile: None, progress: false }
+    }
+}
+
+fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
+    if cfg.workers == 0 {
+        return Err(EngineError::Config("--workers must be at least 1".into()));
+    }
+    if cfg.processes <= 1 {
+        return Ok(if cfg.workers == 1 { timely::Config::thread() } else { timely::Config::process(cfg.workers) });
+    }
+    if cfg.process >= cfg.processes {
+        return Err(EngineError::Config(format!("--process {} is out of range for {} processes", cfg.process, cfg.processes)));
+    }
+    let addresses = match &cfg.hostfile {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| EngineError::Config(format!("hostfile {}: {e}", path.display())))?;
+            let hosts: Vec<String> =
+                text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect();
+            if hosts.len() < cfg.processes {
+                return Err(EngineError::Config(format!(
+                    "hostfile {} lists {} hosts, expected {}",
+                    path.display(),
+                    hosts.len(),
+                    cfg.processes
+                )));
+            }
+            hosts.into_iter().take(cfg.processes).collect()
+        }
+        None => (0..cfg.processes).map(|i| format!("127.0.0.1:{}", 2101 + i)).collect(),
+    };
+    Ok(timely::Config {
+        communication: timely::CommunicationConfig::Cluster {
+            threads: cfg.workers,
+            process: cfg.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        },
+        worker: timely::WorkerConfig::default(),
+    })
+}
+
+/// Backpressure distance: how far (event time) sources may run ahead of completed output.
+fn max_lead(plan: &Plan) -> u64 {
+    if let Some(l) = plan.spec.runtime.max_lead {
+        return l.max(1) as u64;
+    }
+    let unit = match plan.window.as_ref().map(|w| w.kind) {
+        Some(WindowKind::Tumbling { size }) => size,
+        Some(WindowKind::Sliding { slide, .. }) => slide,
+        Some(WindowKind::Session { gap }) => gap,
+        None => time::MICROS_PER_SEC,
+    };
+    (2 * unit).max(time::MICROS_PER_SEC) as u64
+}
+
+fn open_source(plan: &Plan, worker: usize, workers: usize) -> Result<Box<dyn Source>, ConnectorError> {
+    let decoder = || JsonDecoder::new(&plan.input);
+    Ok(match &plan.spec.source {
+        SourceSpec::Generator(g) => Box::new(Generator::new(g, &plan.input, worker, workers)),
+        SourceSpec::File { paths } => Box::new(FileSource::open(paths, worker, workers, decoder())?),
+        SourceSpec::Stdin if worker == 0 => Box::new(StdinSource::spawn(decoder())),
+        SourceSpec::Stdin => Box::new(Empty),
+    })
+}
+
+/// Runs a job to completion on this process's workers and returns this process's report.
+pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
+    if let SourceSpec::File { paths } = &plan.spec.source {
+        expand(paths)?;
+    }
+    let config = timely_config(cfg)?;
+    let plan = Arc::new(plan);
+    let shared = Arc::new(Shared::new(cfg.workers));
+    let lead = max_lead(&plan);
+    let started = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = cfg.progress.then(|| spawn_progress(Arc::clone(&shared), Arc::clone(&done)));
+    tracing::info!(job = %plan.spec.name, workers = cfg.workers, processes = cfg.processes, "job running");
+
+    let (p, s) = (Arc::clone(&plan), Arc::clone(&shared));
+    let guards = timely::execute(config, move |worker| {
+        let (index, peers) = (worker.index(), worker.peers());
+        let local = index % s.watermarks.len().max(1);
+        let source = match open_source(&p, index, peers) {
+            Ok(src) => src,
+            Err(e) => {
+                s.error(format!("worker {index}: {e}"));
+                Box::new(Empty)
+            }
+        };
+        let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead);
+        while !probe.done() {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        }
+    })
+    .map_err(EngineError::Timely)?;
+    let results = guards.join();
+    done.store(true, Ordering::SeqCst);
+    if let Some(r) = reporter {
+        let _ = r.join();
+    }
+    for r in results {
+        r.map_err(EngineError::Worker)?;
+    }
+    let errors = shared.errors();
+    if !errors.is_empty() {
+        return Err(EngineError::Failed(errors));
+    }
+    let report = shared.report(started.elapsed());
+    tracing::info!(job = %plan.spec.name, events = report.events_in, rows = report.rows_out, "job finished");
+    Ok(report)
+}
+
+fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = (Instant::now(), 0u64);
+        while !done.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.0.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+            let events = shared.events_in.load(Relaxed);
+            let rate = (events - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), events);
+            let _ = writeln!(
+                std::io::stderr(),
+                "[progress] events={events} rate={rate:.0}/s watermark={} windows={} rows_out={} late={} dead_letters={}",
+                fmt_watermark(shared.watermark()),
+                shared.windows_fired.load(Relaxed),
+                shared.rows_out.load(Relaxed),
+                shared.late_dropped.load(Relaxed) + shared.late_side_output.load(Relaxed),
+                shared.dead_letters.load(Relaxed),
+            );
+        }
+    })
+}

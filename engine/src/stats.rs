@@ -1,0 +1,136 @@
+//! Job counters shared by the workers of a process, per-tenant counts, and the final report.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use foldhash::HashMap;
+use tenantflow_core::Value;
+
+/// Per-tenant counts of one job.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TenantStats {
+    pub events_in: u64,
+    pub events_out: u64,
+    pub late: u64,
+    pub dead_lettered: u64,
+}
+
+impl TenantStats {
+    fn add(&mut self, o: &TenantStats) {
+        self.events_in += o.events_in;
+        self.events_out += o.events_out;
+        self.late += o.late;
+        self.dead_lettered += o.dead_lettered;
+    }
+}
+
+/// A worker's per-tenant counts, merged into [`Shared`] when the worker ends.
+#[derive(Default)]
+pub struct TenantCounts {
+    map: HashMap<Value, TenantStats>,
+}
+
+impl TenantCounts {
+    #[inline]
+    pub fn get(&mut self, tenant: &Value) -> &mut TenantStats {
+        // Look up before inserting so the common case clones nothing.
+        if !self.map.contains_key(tenant) {
+            self.map.insert(tenant.clone(), TenantStats::default());
+        }
+        self.map.get_mut(tenant).expect("inserted above")
+    }
+}
+
+/// Counters of one process, updated by its workers and read by the progress reporter.
+pub struct Shared {
+    pub events_in: AtomicU64,
+    pub rows_out: AtomicU64,
+    pub late_dropped: AtomicU64,
+    pub late_side_output: AtomicU64,
+    pub late_updates: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub windows_fired: AtomicU64,
+    /// Each local worker's source watermark (µs); `i64::MAX` marks an idle source, `i64::MIN` none yet.
+    pub watermarks: Vec<AtomicI64>,
+    tenants: Mutex<BTreeMap<String, TenantStats>>,
+    errors: Mutex<Vec<String>>,
+}
+
+pub const IDLE: i64 = i64::MAX;
+pub const UNSET: i64 = i64::MIN;
+
+impl Shared {
+    pub fn new(local_workers: usize) -> Shared {
+        Shared {
+            events_in: AtomicU64::new(0),
+            rows_out: AtomicU64::new(0),
+            late_dropped: AtomicU64::new(0),
+            late_side_output: AtomicU64::new(0),
+            late_updates: AtomicU64::new(0),
+            dead_letters: AtomicU64::new(0),
+            windows_fired: AtomicU64::new(0),
+            watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
+            tenants: Mutex::new(BTreeMap::new()),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn merge_tenants(&self, counts: TenantCounts) {
+        if let Ok(mut t) = self.tenants.lock() {
+            for (k, v) in counts.map {
+                let name = match k {
+                    Value::Null => "(none)".to_string(),
+                    other => other.to_string(),
+                };
+                t.entry(name).or_default().add(&v);
+            }
+        }
+    }
+
+    pub fn error(&self, message: String) {
+        tracing::error!("{message}");
+        if let Ok(mut e) = self.errors.lock() {
+            e.push(message);
+        }
+    }
+
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// The lowest watermark among active local sources.
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermarks.iter().map(|w| w.load(Relaxed)).filter(|&w| w != IDLE && w != UNSET).min()
+    }
+
+    pub fn report(&self, elapsed: Duration) -> RunReport {
+        RunReport {
+            events_in: self.events_in.load(Relaxed),
+            rows_out: self.rows_out.load(Relaxed),
+            late_dropped: self.late_dropped.load(Relaxed),
+            late_side_output: self.late_side_output.load(Relaxed),
+            late_updates: self.late_updates.load(Relaxed),
+            dead_letters: self.dead_letters.load(Relaxed),
+            windows_fired: self.windows_fired.load(Relaxed),
+            elapsed,
+            tenants: self.tenants.lock().map(|t| t.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// What a finished run did (this process's share, for multi-process runs).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RunReport {
+    pub events_in: u64,
+    pub rows_out: u64,
+    pub late_dropped: u64,
+    pub late_side_output: u64,
+    pub late_updates: u64,
+    pub dead_letters: u64,
+    pub windows_fired: u64,
+    #[serde(skip)]
+    pub elapsed: Duration,
+    pub tenants: BTreeMap<String, TenantStats>,
+}

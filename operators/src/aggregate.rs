@@ -1,0 +1,249 @@
+//! Aggregate accumulators. Every accumulator is mergeable, which is what makes two-phase
+//! aggregation work: workers pre-aggregate before the exchange and merge after it.
+
+use std::collections::{HashMap, HashSet};
+
+use cardinality_estimator::CardinalityEstimator;
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+use tenantflow_core::expr::CompiledExpr;
+use tenantflow_core::plan::{AggFunc, AggPlan};
+use tenantflow_core::{DataType, Schema, Value};
+
+type FastSet<T> = HashSet<T, foldhash::fast::FixedState>;
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// The running state of one aggregate for one window and key.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Acc {
+    Count(i64),
+    SumInt(i64),
+    SumFloat(f64),
+    Min(Value),
+    Max(Value),
+    Avg {
+        sum: f64,
+        count: i64,
+    },
+    Distinct(FastSet<Value>),
+    Hll(Box<CardinalityEstimator<Value>>),
+    Sketch(Box<DDSketch>),
+    /// (event time, value); ties broken by value so results do not depend on arrival order.
+    First(i64, Value),
+    Last(i64, Value),
+    TopK(FastMap<Value, u64>),
+}
+
+/// Compiled aggregates of one window step.
+pub struct Aggregates {
+    specs: Vec<(AggFunc, DataType, Option<CompiledExpr>)>,
+}
+
+impl Aggregates {
+    pub fn compile(aggs: &[AggPlan], schema: &Schema) -> Aggregates {
+        Aggregates { specs: aggs.iter().map(|a| (a.func, a.out_type, a.compile_arg(schema))).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// Fresh accumulators for a new window.
+    pub fn init(&self) -> Vec<Acc> {
+        self.specs
+            .iter()
+            .map(|(f, out, _)| match f {
+                AggFunc::CountAll | AggFunc::Count => Acc::Count(0),
+                AggFunc::Sum if *out == DataType::Float => Acc::SumFloat(0.0),
+                AggFunc::Sum => Acc::SumInt(0),
+                AggFunc::Min => Acc::Min(Value::Null),
+                AggFunc::Max => Acc::Max(Value::Null),
+                AggFunc::Avg => Acc::Avg { sum: 0.0, count: 0 },
+                AggFunc::CountDistinct => Acc::Distinct(FastSet::default()),
+                AggFunc::ApproxCountDistinct => Acc::Hll(Box::default()),
+                AggFunc::Percentile(_) => Acc::Sketch(Box::new(DDSketch::new(SketchConfig::defaults()))),
+                AggFunc::First => Acc::First(i64::MAX, Value::Null),
+                AggFunc::Last => Acc::Last(i64::MIN, Value::Null),
+                AggFunc::TopK(_) => Acc::TopK(FastMap::default()),
+            })
+            .collect()
+    }
+
+    /// Adds one row (with event time `ts`) to the accumulators.
+    #[inline]
+    pub fn update(&self, accs: &mut [Acc], row: &[Value], ts: i64) {
+        for (acc, (_, _, arg)) in accs.iter_mut().zip(&self.specs) {
+            let Some(arg) = arg else {
+                // count(*)
+                if let Acc::Count(n) = acc {
+                    *n += 1;
+                }
+                continue;
+            };
+            match acc {
+                Acc::Count(n) => {
+                    if !arg.eval(row).is_null() {
+                        *n += 1
+                    }
+                }
+                Acc::SumInt(s) => {
+                    if let Some(v) = arg.eval_i64(row) {
+                        *s = s.wrapping_add(v)
+                    }
+                }
+                Acc::SumFloat(s) => {
+                    if let Some(v) = arg.eval_f64(row) {
+                        *s += v
+                    }
+                }
+                Acc::Avg { sum, count } => {
+                    if let Some(v) = arg.eval_f64(row) {
+                        *sum += v;
+                        *count += 1;
+                    }
+                }
+                Acc::Min(m) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() && (m.is_null() || v < *m) {
+                        *m = v
+                    }
+                }
+                Acc::Max(m) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() && (m.is_null() || v > *m) {
+                        *m = v
+                    }
+                }
+                Acc::Distinct(set) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() {
+                        set.insert(v);
+                    }
+                }
+                Acc::Hll(h) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() {
+                        h.insert(&v);
+                    }
+                }
+                Acc::Sketch(s) => {
+                    if let Some(v) = arg.eval_f64(row) {
+                        s.add(v)
+                    }
+                }
+                Acc::First(t, v) => {
+                    let x = arg.eval(row);
+                    if !x.is_null() && (ts, &x) < (*t, &*v) {
+                        *t = ts;
+                        *v = x;
+                    }
+                }
+                Acc::Last(t, v) => {
+                    let x = arg.eval(row);
+                    if !x.is_null() && (ts, &x) > (*t, &*v) {
+                        *t = ts;
+                        *v = x;
+                    }
+                }
+                Acc::TopK(m) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() {
+                        *m.entry(v).or_insert(0) += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the final values of `accs` to `out`.
+    pub fn finish(&self, accs: &[Acc], out: &mut Vec<Value>) {
+        for (acc, (func, out_ty, _)) in accs.iter().zip(&self.specs) {
+            out.push(match acc {
+                Acc::Count(n) => Value::Int(*n),
+                Acc::SumInt(s) => Value::Int(*s),
+                Acc::SumFloat(s) => Value::Float(*s),
+                Acc::Avg { sum, count } => {
+                    if *count == 0 {
+                        Value::Null
+                    } else {
+                        Value::Float(sum / *count as f64)
+                    }
+                }
+                Acc::Min(v) | Acc::Max(v) | Acc::First(_, v) | Acc::Last(_, v) => retype(v.clone(), *out_ty),
+                Acc::Distinct(s) => Value::Int(s.len() as i64),
+                Acc::Hll(h) => Value::Int(h.estimate() as i64),
+                Acc::Sketch(s) => match func {
+                    AggFunc::Percentile(q) => s.quantile(*q).ok().flatten().map_or(Value::Null, Value::Float),
+                    _ => Value::Null,
+                },
+                Acc::TopK(m) => {
+                    let k = if let AggFunc::TopK(k) = func { *k } else { 10 };
+                    let mut items: Vec<(&Value, &u64)> = m.iter().collect();
+                    items.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+                    let json: Vec<serde_json::Value> =
+                        items.into_iter().take(k).map(|(v, c)| serde_json::json!({"value": v.to_json(), "count": c})).collect();
+                    Value::Str(CompactString::new(serde_json::Value::Array(json).to_string()))
+                }
+            });
+        }
+    }
+}
+
+/// Min/max over an int column compared with a float literal may hold a float; keep the declared type.
+fn retype(v: Value, ty: DataType) -> Value {
+    match (v, ty) {
+        (Value::Float(f), DataType::Int) => Value::Int(f as i64),
+        (Value::Int(i), DataType::Float) => Value::Float(i as f64),
+        (v, _) => v,
+    }
+}
+
+/// Merges `from` into `into` (same aggregates, same order).
+pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
+    for (a, b) in into.iter_mut().zip(from) {
+        match (a, b) {
+            (Acc::Count(x), Acc::Count(y)) => *x += y,
+            (Acc::SumInt(x), Acc::SumInt(y)) => *x = x.wrapping_add(y),
+            (Acc::SumFloat(x), Acc::SumFloat(y)) => *x += y,
+            (Acc::Avg { sum, count }, Acc::Avg { sum: s2, count: c2 }) => {
+                *sum += s2;
+                *count += c2;
+            }
+            (Acc::Min(x), Acc::Min(y)) if !y.is_null() && (x.is_null() || y < *x) => *x = y,
+            (Acc::Max(x), Acc::Max(y)) if !y.is_null() && (x.is_null() || y > *x) => *x = y,
+            (Acc::Distinct(x), Acc::Distinct(y)) => {
+                if x.len() < y.len() {
+                    let small = std::mem::replace(x, y);
+                    x.extend(small);
+                } else {
+                    x.extend(y)
+                }
+            }
+            (Acc::Hll(x), Acc::Hll(y)) => x.merge(&y),
+            (Acc::Sketch(x), Acc::Sketch(y)) => {
+                // Both sketches use the default configuration, so merging cannot fail.
+                let _ = x.merge(&y);
+            }
+            (Acc::First(t, v), Acc::First(t2, v2)) if !v2.is_null() && (t2, &v2) < (*t, &*v) => {
+                *t = t2;
+                *v = v2;
+            }
+            (Acc::Last(t, v), Acc::Last(t2, v2)) if !v2.is_null() && (t2, &v2) > (*t, &*v) => {
+                *t = t2;
+                *v = v2;
+            }
+            (Acc::TopK(x), Acc::TopK(y)) => {
+                for (k, c) in y {
+                    *x.entry(k).or_insert(0) += c;
+                }
+            }
+            // Mismatched pairs cannot happen (same aggregates); a guard that fails keeps `a`.
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Event-time windows: assigning rows to windows, pre-aggregating per worker, and keeping the
+//! merged window state that fires when the watermark passes a window's end.
+//!
+//! The flow per window step: [`PreAggregator`] (before the exchange, per batch) produces
+//! [`Partial`]s; they are exchanged by the hash of (tenant, key); [`WindowStore`] (after the
+//! exchange) merges them and emits a result row when a window closes.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+
+use hashbrown::HashTable;
+use serde::{Deserialize, Serialize};
+use tenantflow_core::job::WindowKind;
+use tenantflow_core::Value;
+
+use crate::aggregate::{merge, Acc, Aggregates};
+
+/// Pre-aggregated state of one (tenant, key, window), the unit that crosses the exchange.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Partial {
+    /// Hash of `key`; routes all windows of one key to one worker.
+    pub hash: u64,
+    /// Tenant first, then the key fields.
+    pub key: Vec<Value>,
+    pub start: i64,
+    pub end: i64,
+    pub accs: Vec<Acc>,
+}
+
+/// Hashes a group key the same way everywhere (stable across processes).
+#[inline]
+pub fn hash_key<'a>(values: impl Iterator<Item = &'a Value>) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x7e4a_9f1d).build_hasher();
+    for v in values {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Windows containing event time `ts`, as (start, end) pairs.
+#[inline]
+pub fn assign(kind: WindowKind, ts: i64, mut each: impl FnMut(i64, i64)) {
+    match kind {
+        WindowKind::Tumbling { size } => {
+            let start = ts.div_euclid(size) * size;
+            each(start, start + size)
+        }
+        WindowKind::Sliding { size, slide } => {
+            let last = ts.div_euclid(slide) * slide;
+            let mut start = last;
+            while start > ts - size {
+                each(start, start + size);
+                start -= slide;
+            }
+        }
+        // A session starts as the event's own [ts, ts + gap); overlapping ones merge.
+        WindowKind::Session { gap } => each(ts, ts + gap),
+    }
+}
+
+/// The end of the last window `ts` belongs to: once the watermark reaches it, the event is late.
+#[inline]
+pub fn last_end(kind: WindowKind, ts: i64) -> i64 {
+    match kind {
+        WindowKind::Tumbling { size } => ts.div_euclid(size) * size + size,
+        WindowKind::Sliding { slide, size } => ts.div_euclid(slide) * slide + size,
+        WindowKind::Session { gap } => ts + gap,
+    }
+}
+
+struct Slot {
+    /// Hash of the key mixed with the window start (or session bucket).
+    mixed: u64,
+    hash: u64,
+    start: i64,
+    index: usize,
+}
+
+/// Per-worker, per-batch pre-aggregation: rows in, one [`Partial`] per (key, window) out.
+pub struct PreAggregator {
+    kind: WindowKind,
+    table: HashTable<Slot>,
+    partials: Vec<Partial>,
+}
+
+impl PreAggregator {
+    pub fn new(kind: WindowKind) -> PreAggregator {
+        PreAggregator { kind, table: HashTable::new(), partials: Vec::new() }
+    }
+
+    /// Adds a row to its windows that end after `min_end` (the others are closed); returns how
+    /// many windows it went to. `key_pos` are the row positions of tenant then key fields.
+    #[inline]
+    pub fn add(&mut self, aggs: &Aggregates, row: &[Value], key_pos: &[usize], ts: i64, min_end: i64) -> usize {
+        let hash = hash_key(key_pos.iter().map(|&p| &row[p]));
+        let kind = self.kind;
+        let (table, partials) = (&mut self.table, &mut self.partials);
+        let mut added = 0;
+        assign(kind, ts, |start, end| {
+            if end <= min_end {
+                return;
+            }
+            added += 1;
+            // Sessions: events in the same `gap`-long bucket are less than `gap` apart, so they
+            // surely share a session and can be pre-aggregated together.
+            let slot_start = match kind {
+                WindowKind::Session { gap } => ts.div_euclid(gap),
+                _ => start,
+            };
+            let mixed = hash ^ (slot_start as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let found = table.find(mixed, |s| {
+                s.hash == hash && s.start == slot_start && key_pos.iter().zip(&partials[s.index].key).all(|(&p, v)| row[p] == *v)
+            });
+            let index = match found {
+                Some(s) => s.index,
+                None => {
+                    let index = partials.len();
+                    partials.push(Partial { hash, key: key_pos.iter().map(|&p| row[p].clone()).collect(), start, end, accs: aggs.init() });
+                    table.insert_unique(mixed, Slot { mixed, hash, start: slot_start, index }, |s| s.mixed);
+                    index
+                }
+            };
+            let p = &mut partials[index];
+            if let WindowKind::Session { .. } = kind {
+                p.start = p.start.min(start);
+                p.end = p.end.max(end);
+            }
+            aggs.update(&mut p.accs, row, ts);
+        });
+        added
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.partials.is_empty()
+    }
+
+    /// Takes the partials built so far.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Partial> {
+        self.table.clear();
+        self.partials.drain(..)
+    }
+}
+
+struct Window {
+    start: i64,
+    end: i64,
+    accs: Vec<Acc>,
+    fired: bool,
+    /// Updated by late data since it fired.
+    dirty: bool,
+}
+
+struct Group {
+    hash: u64,
+    key: Vec<Value>,
+    windows: Vec<Window>,
+}
+
+/// A closed window's result, ready to become an output row.
+pub struct Fired<'a> {
+    pub key: &'a [Value],
+    pub start: i64,
+    pub end: i64,
+    pub accs: &'a [Acc],
+}
+
+/// Merged window state of the keys one worker owns.
+pub struct WindowStore {
+    kind: WindowKind,
+    allowed_lateness: i64,
+    index: HashTable<usize>,
+    groups: Vec<Group>,
+    free: Vec<usize>,
+    /// time -> groups with a window to fire (or purge) at that time.
+    timers: BTreeMap<i64, Vec<usize>>,
+}
+
+impl WindowStore {
+    pub fn new(kind: WindowKind, allowed_lateness: i64) -> WindowStore {
+        WindowStore { kind, allowed_lateness, index: HashTable::new(), groups: Vec::new(), free: Vec::new(), timers: BTreeMap::new() }
+    }
+
+    /// Merges a partial that arrived at dataflow time `now`; returns the time at which the
+    /// affected window must be looked at again (the caller holds a capability for it).
+    pub fn insert(&mut self, p: Partial, now: i64) -> i64 {
+        let groups = &mut self.groups;
+        let gi = match self.index.find(p.hash, |&g| groups[g].key == p.key) {
+            Some(&g) => g,
+            None => {
+                let group = Group { hash: p.hash, key: p.key, windows: Vec::new() };
+                let g = match self.free.pop() {
+                    Some(g) => {
+                        groups[g] = group;
+                        g
+                    }
+                    None => {
+                        groups.push(group);
+                        groups.len() - 1
+                    }
+                };
+                self.index.insert_unique(p.hash, g, |&g| groups[g].hash);
+                g
+            }
+        };
+        let windows = &mut self.groups[gi].windows;
+        let end = match self.kind {
+            WindowKind::Session { .. } => {
+                // Merge every session that touches [start, end] (Flink's rule: events at most
+                // `gap` apart share a session), including ones that already fired but still
+                // accept late updates.
+                let (mut start, mut end, mut accs) = (p.start, p.end, p.accs);
+                let mut fired = false;
+                let mut i = 0;
+                while i < windows.len() {
+                    let w = &windows[i];
+                    if w.start <= end && start <= w.end {
+                        let w = windows.swap_remove(i);
+                        start = start.min(w.start);
+                        end = end.max(w.end);
+                        fired |= w.fired;
+                        let mut base = w.accs;
+                        merge(&mut base, accs);
+                        accs = base;
+                    } else {
+                        i += 1;
+                    }
+                }
+                windows.push(Window { start, end, accs, fired, dirty: fired });
+                end
+            }
+            _ => match windows.iter_mut().find(|w| w.start == p.start) {
+                Some(w) => {
+                    merge(&mut w.accs, p.accs);
+                    w.dirty |= w.fired;
+                    w.end
+                }
+                None => {
+                    windows.push(Window { start: p.start, end: p.end, accs: p.accs, fired: false, dirty: false });
+                    p.end
+                }
+            },
+        };
+        let at = end.max(now);
+        let list = self.timers.entry(at).or_default();
+        if list.last() != Some(&gi) {
+            list.push(gi);
+        }
+        at
+    }
+
+    /// The earliest time with pending work.
+    pub fn next_timer(&self) -> Option<i64> {
+        self.timers.keys().next().copied()
+    }
+
+    /// Fires timers at or before `upto`: windows whose end is at or before `upto` emit their
+    /// result (late-updated ones emit again); windows past their allowed lateness are dropped.
+    /// `emit` gets the timer's time, which the caller uses as the output time.
+    pub fn fire(&mut self, upto: i64, mut emit: impl FnMut(i64, Fired<'_>)) {
+        while let Some((&at, _)) = self.timers.first_key_value() {
+            if at > upto {
+                break;
+            }
+            let Some(groups) = self.timers.remove(&at) else { break };
+            for gi in groups {
+                let mut purge_at = None;
+                let group = &mut self.groups[gi];
+                if group.key.is_empty() && group.windows.is_empty() {
+                    continue;
+                }
+                group.windows.sort_by_key(|w| w.start);
+                for w in &mut group.windows {
+                    if w.end <= upto && (!w.fired || w.dirty) {
+                        emit(at, Fired { key: &group.key, start: w.start, end: w.end, accs: &w.accs });
+                        w.fired = true;
+                        w.dirty = false;
+                        if self.allowed_lateness > 0 {
+                            purge_at = Some(purge_at.map_or(w.end + self.allowed_lateness, |p: i64| p.min(w.end + self.allowed_lateness)));
+                        }
+                    }
+                }
+                let lateness = self.allowed_lateness;
+                group.windows.retain(|w| !(w.fired && w.end + lateness <= upto));
+                if let Some(p) = purge_at {
+                    let p = p.max(at + 1);
+                    self.timers.entry(p).or_default().push(gi);
+                }
+                if group.windows.is_empty() {
+                    group.key = Vec::new();
+                    if let Ok(entry) = self.index.find_entry(group.hash, |&g| g == gi) {
+                        entry.remove();
+                    }
+                    self.free.push(gi);
+                }
+            }
+        }
+    }
+
+    /// Number of open windows (for metrics and tests).
+    pub fn open_windows(&self) -> usize {
+        self.groups.iter().map(|g| g.windows.len()).sum()
+    }
+}
