@@ -227,6 +227,7 @@ impl Source for Generator {
             }
         }
         let limit = self.spec.events.unwrap_or(u64::MAX);
+        let origin = batch.origin("generator");
         for _ in 0..budget {
             let g = self.next;
             if g >= limit {
@@ -234,7 +235,7 @@ impl Source for Generator {
             }
             self.next += self.step;
             self.produced += 1;
-            let row = batch.push_row();
+            let row = batch.push_row(origin, g + 1);
             match self.spec.profile {
                 GeneratorProfile::Sequence => self.sequence(g, row),
                 GeneratorProfile::Music => self.music(g, row),

@@ -11,27 +11,44 @@ use crate::json::JsonDecoder;
 use crate::ConnectorError;
 
 /// Rows read by a source, stored flat: row `i` is `values[i * width..(i + 1) * width]`.
-/// The first fields are the declared schema; the rest are slots for derived fields.
+/// The first fields are the declared schema; the rest are slots for derived fields. Each row
+/// remembers where it came from, so a row rejected later still names its source position.
 pub struct Batch {
     pub width: usize,
     pub values: Vec<Value>,
     pub dead: Vec<DeadLetter>,
+    /// Per row: (index into `origins`, 1-based line or sequence number).
+    pub positions: Vec<(u32, u64)>,
+    /// Source names (file paths, `stdin`, `generator`).
+    pub origins: Vec<String>,
 }
 
 impl Batch {
     pub fn new(width: usize) -> Batch {
-        Batch { width, values: Vec::new(), dead: Vec::new() }
+        Batch { width, values: Vec::new(), dead: Vec::new(), positions: Vec::new(), origins: Vec::new() }
     }
 
     pub fn rows(&self) -> usize {
         self.values.len() / self.width.max(1)
     }
 
-    /// Appends a row of NULLs and returns it for filling in.
+    /// The index of a source name, for [`Batch::push_row`].
+    pub fn origin(&mut self, name: &str) -> u32 {
+        match self.origins.iter().position(|o| o == name) {
+            Some(i) => i as u32,
+            None => {
+                self.origins.push(name.to_string());
+                (self.origins.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Appends a row of NULLs read at `position` of source `origin`, and returns it for filling in.
     #[inline]
-    pub fn push_row(&mut self) -> &mut [Value] {
+    pub fn push_row(&mut self, origin: u32, position: u64) -> &mut [Value] {
         let start = self.values.len();
         self.values.resize(start + self.width, Value::Null);
+        self.positions.push((origin, position));
         &mut self.values[start..]
     }
 
@@ -39,11 +56,21 @@ impl Batch {
     pub fn pop_row(&mut self) {
         let len = self.values.len().saturating_sub(self.width);
         self.values.truncate(len);
+        self.positions.pop();
+    }
+
+    /// Where row `i` came from.
+    pub fn position(&self, i: usize) -> (&str, u64) {
+        match self.positions.get(i) {
+            Some(&(o, p)) => (self.origins.get(o as usize).map_or("?", String::as_str), p),
+            None => ("?", 0),
+        }
     }
 
     pub fn clear(&mut self) {
         self.values.clear();
         self.dead.clear();
+        self.positions.clear();
     }
 }
 
@@ -231,7 +258,8 @@ impl Source for FileSource {
                 continue;
             }
             n += 1;
-            let row = batch.push_row();
+            let origin = batch.origin(&open.name);
+            let row = batch.push_row(origin, line_no);
             if let Err(reason) = self.decoder.decode(line, row) {
                 batch.pop_row();
                 batch.dead.push(DeadLetter::new(reason, &open.name, line_no, line));
@@ -292,7 +320,8 @@ impl Source for StdinSource {
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    let row = batch.push_row();
+                    let origin = batch.origin("stdin");
+                    let row = batch.push_row(origin, self.line);
                     if let Err(reason) = self.decoder.decode(line, row) {
                         batch.pop_row();
                         batch.dead.push(DeadLetter::new(reason, "stdin", self.line, line));

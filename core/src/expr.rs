@@ -346,6 +346,10 @@ impl Compiler<'_> {
             }
             Ast::Function(f) => {
                 let name = f.name.to_string().to_ascii_lowercase();
+                // Bare keywords such as `user` parse as functions; a field of that name wins.
+                if matches!(f.args, FunctionArguments::None) && self.schema.lookup(&f.name.to_string()).is_some() {
+                    return self.column(&f.name.to_string(), e);
+                }
                 if AGGREGATES.contains(&name.as_str()) {
                     return Err(err_at(e, format!("aggregate function `{name}` is only allowed in a window step's `aggregates`")));
                 }

@@ -402,7 +402,7 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
             let mut out = Schema::default();
             let tenant_name = spec.schema.tenant.value.clone();
             out.push_at(tenant_name.clone(), tenant_type, 0);
-            if pre_schema.lookup(&tenant_name).is_none() {
+            if pre_schema.lookup(&tenant_name).is_none() && input.lookup(&tenant_name).is_some() {
                 let loc = &spec.schema.tenant;
                 v.at(loc, format!("the tenant field `{tenant_name}` was removed by a `select` before the window; keep it"));
             }

@@ -86,10 +86,10 @@ impl Ingest {
         self.watermark
     }
 
-    fn dead(&mut self, out: &mut Vec<Msg>, reason: String, row: &[Value], tenant: Option<&Value>) {
+    fn dead(&mut self, out: &mut Vec<Msg>, reason: String, row: &[Value], at: (&str, u64), tenant: Option<&Value>) {
         let names: Vec<&str> = self.input_names.iter().map(String::as_str).collect();
         let raw = row_to_json(&names, &row[..names.len()]);
-        let mut d = DeadLetter::new(reason, "row", 0, raw.as_bytes());
+        let mut d = DeadLetter::new(reason, at.0, at.1, raw.as_bytes());
         if let Some(t) = tenant {
             d.tenant = Some(t.to_string());
             self.tenants.get(t).dead_lettered += 1;
@@ -118,10 +118,12 @@ impl Ingest {
         let mut values = std::mem::take(&mut self.batch.values);
         let rows = values.len() / width;
         let mut late_dropped = 0;
-        'rows: for row in values.chunks_exact_mut(width) {
+        'rows: for (i, row) in values.chunks_exact_mut(width).enumerate() {
             if row[tenant_pos].is_null() {
                 let reason = format!("missing tenant field `{}`", plan.spec.schema.tenant.value);
-                self.dead(out, reason, row, None);
+                let (name, pos) = self.batch.position(i);
+                let at = (name.to_string(), pos);
+                self.dead(out, reason, row, (&at.0, at.1), None);
                 continue;
             }
             let ts = if event_time {
@@ -130,7 +132,9 @@ impl Ingest {
                     None => {
                         let reason = format!("missing event time field `{}`", plan.input.fields()[time_pos].0);
                         let tenant = row[tenant_pos].clone();
-                        self.dead(out, reason, row, Some(&tenant));
+                        let (name, pos) = self.batch.position(i);
+                        let at = (name.to_string(), pos);
+                        self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
                         continue;
                     }
                 }
@@ -175,6 +179,7 @@ impl Ingest {
         }
         values.clear();
         self.batch.values = values;
+        self.batch.positions.clear();
         self.shared.events_in.fetch_add(rows as u64, Relaxed);
         if late_dropped > 0 {
             self.shared.late_dropped.fetch_add(late_dropped, Relaxed);

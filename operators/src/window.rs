@@ -255,7 +255,7 @@ impl WindowStore {
 
     /// Fires timers at or before `upto`: windows whose end is at or before `upto` emit their
     /// result (late-updated ones emit again); windows past their allowed lateness are dropped.
-    /// `emit` gets the timer's time, which the caller uses as the output time.
+    /// `emit` gets the output time: the window's end, or later for a late update.
     pub fn fire(&mut self, upto: i64, mut emit: impl FnMut(i64, Fired<'_>)) {
         while let Some((&at, _)) = self.timers.first_key_value() {
             if at > upto {
@@ -271,7 +271,7 @@ impl WindowStore {
                 group.windows.sort_by_key(|w| w.start);
                 for w in &mut group.windows {
                     if w.end <= upto && (!w.fired || w.dirty) {
-                        emit(at, Fired { key: &group.key, start: w.start, end: w.end, accs: &w.accs });
+                        emit(w.end.max(at), Fired { key: &group.key, start: w.start, end: w.end, accs: &w.accs });
                         w.fired = true;
                         w.dirty = false;
                         if self.allowed_lateness > 0 {
