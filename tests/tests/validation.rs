@@ -91,7 +91,7 @@ fn set_overrides_apply_and_report_errors() {
         tenantflow_core::job::SourceSpec::Generator(g) => assert_eq!(g.events, Some(5)),
         _ => panic!("generator expected"),
     }
-    let e = plan::load("job.toml", GOOD, &["source.events=\"x\"".into()]).err().expect("invalid");
+    let e = plan::load("job.toml", GOOD, &["source.events=\"x\"".into()]).expect_err("invalid");
     assert_eq!(e.to_string(), "job.toml (--set source.events): expected an integer, found a string");
 }
 
