@@ -1,1 +1,302 @@
-fn main() {}
+//! Window benchmark (issue #2): 50M events (tenant = i % 100, user = i % 100000, event time =
+//! i µs, value = i % 1000) -> 1 s tumbling event-time window per tenant, count and sum(value)
+//! -> discarding sink. Compares tenantflow's job path with a hand-written Timely dataflow and a
+//! plain loop in the same run, and measures JSON-lines parsing on the same query.
+//!
+//! Each configuration runs in a child process (so peak RSS is its own) and prints one JSON line.
+//!
+//!     cargo run --release -p tenantflow-benches -- [--events N] [--only NAME]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
+
+const CONFIGS: &[(&str, usize)] = &[
+    ("plain_loop", 1),
+    ("timely_handwritten", 1),
+    ("timely_handwritten", 2),
+    ("tenantflow_job", 1),
+    ("tenantflow_job", 2),
+    ("tenantflow_jsonl", 1),
+    ("tenantflow_jsonl", 2),
+];
+
+fn job(source: &str, events: u64) -> String {
+    format!(
+        r#"
+name = "bench"
+{source}
+
+[schema]
+tenant = "tenant"
+[schema.fields]
+tenant = "int"
+user = "int"
+ts = "timestamp"
+value = "int"
+
+[time]
+field = "ts"
+
+[[steps]]
+window = {{ type = "tumbling", size = "1s" }}
+aggregates = {{ n = "count(*)", total = "sum(value)" }}
+
+[[sinks]]
+type = "discard"
+
+[dead_letter]
+path = "/tmp/tenantflow-bench.dead-letters.jsonl"
+# events: {events}
+"#
+    )
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills a plain struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: as above.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as u64 * 1024
+}
+
+/// The reference: one thread, one hash map, windows flushed as event time passes them.
+fn plain_loop(events: u64) -> u64 {
+    let mut windows: HashMap<(u64, u64), (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+    let mut current = 0;
+    let mut emitted = 0;
+    for i in 0..events {
+        let (tenant, ts, value) = (i % 100, i, i % 1000);
+        let w = ts / 1_000_000;
+        if w != current {
+            emitted += windows.len() as u64;
+            windows.clear();
+            current = w;
+        }
+        let e = windows.entry((tenant, w)).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += value;
+    }
+    emitted + windows.len() as u64
+}
+
+/// Hand-written Timely: generator -> exchange by tenant -> unary_frontier window -> probe.
+fn timely_handwritten(events: u64, workers: usize) -> anyhow::Result<()> {
+    let config = if workers == 1 { timely::Config::thread() } else { timely::Config::process(workers) };
+    timely::execute(config, move |worker| {
+        let (index, peers) = (worker.index() as u64, worker.peers() as u64);
+        let probe = ProbeHandle::new();
+        worker.dataflow::<u64, _, _>(|scope| {
+            let stream = source::<_, timely::container::CapacityContainerBuilder<Vec<(u64, u64, u64)>>, _, _>(scope, "Gen", |cap, info| {
+                let activator = scope.activator_for(info.address);
+                let mut cap = Some(cap);
+                let mut next = index;
+                move |output| {
+                    let Some(c) = cap.as_mut() else { return };
+                    let mut session = output.session(&*c);
+                    for _ in 0..16_384 {
+                        if next >= events {
+                            break;
+                        }
+                        session.give((next % 100, next, next % 1000));
+                        next += peers;
+                    }
+                    drop(session);
+                    if next >= events {
+                        cap = None;
+                    } else {
+                        c.downgrade(&next);
+                        activator.activate();
+                    }
+                }
+            });
+            stream
+                .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<(u64, u64, u64)>>, _, _, _>(
+                    Exchange::new(|r: &(u64, u64, u64)| r.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32),
+                    "Window",
+                    |_, _| {
+                        let mut windows: HashMap<(u64, u64), (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+                        let mut caps: std::collections::BTreeMap<u64, timely::dataflow::operators::Capability<u64>> = Default::default();
+                        move |(input, frontier), output| {
+                            input.for_each_stamp(|cap, data| {
+                                for batch in data {
+                                    for &(tenant, ts, value) in batch.iter() {
+                                        let w = ts / 1_000_000;
+                                        let e = windows.entry((tenant, w)).or_insert((0, 0));
+                                        e.0 += 1;
+                                        e.1 += value;
+                                        let end = (w + 1) * 1_000_000;
+                                        if !caps.contains_key(&end) {
+                                            caps.insert(end, cap.delayed(&end, 0));
+                                        }
+                                    }
+                                }
+                            });
+                            let upto = frontier.frontier().first().copied().unwrap_or(u64::MAX);
+                            let due: Vec<u64> = caps.range(..=upto).map(|(t, _)| *t).collect();
+                            for end in due {
+                                if let Some(cap) = caps.remove(&end) {
+                                    let w = end / 1_000_000 - 1;
+                                    let mut session = output.session(&cap);
+                                    windows.retain(|&(t, win), &mut (n, s)| {
+                                        if win == w {
+                                            session.give((t, n, s));
+                                            false
+                                        } else {
+                                            true
+                                        }
+                                    });
+                                }
+                            }
+                        }
+                    },
+                )
+                .probe_with(&probe);
+        });
+        while !probe.done() {
+            worker.step();
+        }
+    })
+    .map_err(anyhow::Error::msg)?
+    .join()
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+fn tenantflow(text: &str, workers: usize) -> anyhow::Result<()> {
+    let plan = tenantflow_core::plan::load("bench.toml", text, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = tenantflow_engine::run(plan, &tenantflow_engine::RunConfig { workers, ..Default::default() })?;
+    if report.rows_out == 0 {
+        bail!("no output rows");
+    }
+    Ok(())
+}
+
+fn jsonl_path(events: u64) -> String {
+    format!("/var/tmp/tenantflow-bench-{events}.jsonl")
+}
+
+/// Writes the benchmark's events as JSON lines once (reused by later runs).
+fn ensure_jsonl(events: u64) -> anyhow::Result<String> {
+    let path = jsonl_path(events);
+    if std::path::Path::new(&path).exists() {
+        return Ok(path);
+    }
+    let tmp = format!("{path}.tmp");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    for i in 0..events {
+        writeln!(
+            out,
+            r#"{{"tenant":{},"user":{},"ts":"{}","value":{}}}"#,
+            i % 100,
+            i % 100_000,
+            tenantflow_core::time::format_rfc3339(i as i64),
+            i % 1000
+        )?;
+    }
+    out.flush()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json::Value> {
+    let (start, cpu0) = (Instant::now(), cpu_seconds());
+    let measured_events = match name {
+        "plain_loop" => {
+            std::hint::black_box(plain_loop(events));
+            events
+        }
+        "timely_handwritten" => {
+            timely_handwritten(events, workers)?;
+            events
+        }
+        "tenantflow_job" => {
+            let src = format!("[source]\ntype = \"generator\"\nprofile = \"sequence\"\nevents = {events}\nevent_interval = \"1us\"\nstart_time = \"1970-01-01T00:00:00Z\"");
+            tenantflow(&job(&src, events), workers)?;
+            events
+        }
+        "tenantflow_jsonl" => {
+            let n = events / 10;
+            let path = jsonl_path(n);
+            let (start, cpu0) = (Instant::now(), cpu_seconds());
+            tenantflow(&job(&format!("[source]\ntype = \"file\"\npath = \"{path}\""), n), workers)?;
+            return Ok(result(name, workers, n, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+        }
+        other => bail!("unknown configuration {other}"),
+    };
+    Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
+}
+
+fn result(name: &str, workers: usize, events: u64, secs: f64, cpu: f64) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "events": events,
+        "workers": workers,
+        "seconds": (secs * 1000.0).round() / 1000.0,
+        "cpu_seconds": (cpu * 1000.0).round() / 1000.0,
+        "events_per_sec": (events as f64 / secs).round(),
+        "events_per_cpu_sec": (events as f64 / cpu).round(),
+        "peak_rss_bytes": peak_rss_bytes(),
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let events: u64 = flag("--events").map(|e| e.replace('_', "").parse()).transpose()?.unwrap_or(50_000_000);
+    if let Some(config) = flag("--config") {
+        let workers: usize = flag("--workers").context("--workers")?.parse()?;
+        println!("{}", run_one(&config, workers, events)?);
+        return Ok(());
+    }
+    let only = flag("--only");
+    ensure_jsonl(events / 10)?;
+    let exe = std::env::current_exe()?;
+    let mut results: Vec<serde_json::Value> = Vec::new();
+    for &(name, workers) in CONFIGS {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let out = Command::new(&exe)
+            .args(["--config", name, "--workers", &workers.to_string(), "--events", &events.to_string()])
+            .output()
+            .with_context(|| format!("running {name}"))?;
+        if !out.status.success() {
+            bail!("{name} x{workers} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let line = String::from_utf8_lossy(&out.stdout);
+        let value: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("{name}: {line}"))?;
+        println!("{value}");
+        results.push(value);
+    }
+    let rate =
+        |name: &str, w: u64| results.iter().find(|r| r["name"] == name && r["workers"] == w).and_then(|r| r["events_per_cpu_sec"].as_f64());
+    for w in [1, 2] {
+        if let (Some(tf), Some(hand)) = (rate("tenantflow_job", w), rate("timely_handwritten", w)) {
+            let flink = 2.7e6;
+            println!(
+                "{}",
+                serde_json::json!({"name": "ratio", "workers": w, "tenantflow_vs_timely_handwritten": (tf / hand * 1000.0).round() / 1000.0,
+                                   "tenantflow_vs_flink_reference": (tf / flink * 10.0).round() / 10.0})
+            );
+        }
+    }
+    Ok(())
+}

@@ -147,10 +147,27 @@ impl<W: Write> Sink for Table<W> {
     }
 }
 
-pub struct Discard;
+/// Drops rows, optionally slowly: it sleeps off `delay_per_row` in slices of at least 1 ms.
+pub struct Discard {
+    delay_per_row_us: f64,
+    owed_us: f64,
+}
+
+impl Discard {
+    pub fn new(delay_per_row_us: f64) -> Discard {
+        Discard { delay_per_row_us, owed_us: 0.0 }
+    }
+}
 
 impl Sink for Discard {
     fn write(&mut self, _: &[Value]) -> io::Result<()> {
+        if self.delay_per_row_us > 0.0 {
+            self.owed_us += self.delay_per_row_us;
+            if self.owed_us >= 1000.0 {
+                std::thread::sleep(std::time::Duration::from_micros(self.owed_us as u64));
+                self.owed_us = 0.0;
+            }
+        }
         Ok(())
     }
     fn flush(&mut self) -> io::Result<()> {

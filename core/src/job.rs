@@ -211,8 +211,9 @@ pub enum SinkSpec {
     Stdout { json: bool },
     /// JSON lines appended to a file.
     File { path: String },
-    /// Drops rows (benchmarks).
-    Discard,
+    /// Drops rows (benchmarks); `delay_per_row` (µs, may be fractional) makes it a slow sink for
+    /// backpressure tests.
+    Discard { delay_per_row: f64 },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -902,8 +903,24 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
             Some(SinkSpec::File { path: path.value })
         }
         K::Discard => {
-            t.check_keys(cx, &["type"]);
-            Some(SinkSpec::Discard)
+            t.check_keys(cx, &["type", "delay_per_row"]);
+            let delay = match t.string(cx, "delay_per_row") {
+                None => 0.0,
+                // Fractional microseconds ("0.5us") are allowed here: slow sinks need them.
+                Some(s) => match s
+                    .value
+                    .strip_suffix("us")
+                    .and_then(|n| n.trim().parse::<f64>().ok())
+                    .or_else(|| time::parse_duration(&s.value).map(|d| d as f64))
+                {
+                    Some(d) if d >= 0.0 => d,
+                    _ => {
+                        cx.err(&s.span, &s.key, format!("invalid duration \"{}\" (expected e.g. \"2us\", \"0.5us\", \"1ms\")", s.value));
+                        return None;
+                    }
+                },
+            };
+            Some(SinkSpec::Discard { delay_per_row: delay })
         }
     }
 }

@@ -22,7 +22,7 @@ use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
 
-use tenantflow_connectors::sink::{file_sink, JsonLines, Table};
+use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::{DeadLetterWriter, Sink, Source};
 use tenantflow_core::job::SinkSpec;
 use tenantflow_core::plan::{CompiledStep, Plan};
@@ -163,7 +163,8 @@ fn open_sinks(plan: &Plan, shared: &Shared) -> Vec<Box<dyn Sink>> {
                 Ok(s) => sinks.push(Box::new(s)),
                 Err(e) => shared.error(format!("file sink: {e}")),
             },
-            SinkSpec::Discard => {}
+            SinkSpec::Discard { delay_per_row: 0.0 } => {}
+            SinkSpec::Discard { delay_per_row } => sinks.push(Box::new(Discard::new(*delay_per_row))),
         }
     }
     sinks

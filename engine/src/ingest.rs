@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use tenantflow_connectors::sink::row_to_json;
 use tenantflow_connectors::{Batch, DeadLetter, Poll, Source};
-use tenantflow_core::job::{LatePolicy, WindowKind};
+use tenantflow_core::job::LatePolicy;
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
-use tenantflow_operators::window::last_end;
 use tenantflow_operators::{Aggregates, PreAggregator};
 
 use crate::stats::{Shared, TenantCounts, IDLE};
@@ -24,8 +23,10 @@ struct WindowPart {
     aggs: Aggregates,
     /// Tenant position, then key positions.
     key_pos: Vec<usize>,
-    kind: WindowKind,
 }
+
+/// Rows read and processed at a time: small enough that the row buffer stays in cache.
+const CHUNK: usize = 1024;
 
 pub enum Status {
     /// More may be ready now.
@@ -61,7 +62,6 @@ impl Ingest {
             pre: PreAggregator::new(w.kind),
             aggs: Aggregates::compile(&w.aggs, &plan.pre_schema),
             key_pos: std::iter::once(plan.tenant_pos).chain(w.key_pos.iter().copied()).collect(),
-            kind: w.kind,
         });
         Ingest {
             batch: Batch::new(plan.row_width),
@@ -98,10 +98,50 @@ impl Ingest {
         out.push(Msg::Dead(d));
     }
 
-    /// Reads and processes one batch, appending messages to `out`.
+    /// Reads and processes up to `batch_size` records, appending messages to `out`.
     pub fn step(&mut self, out: &mut Vec<Msg>) -> Status {
-        let status = self.source.poll(&mut self.batch, self.batch_size);
         let now = time::now_micros();
+        let mut total = 0;
+        let status = loop {
+            // Small chunks keep the row buffer in cache; pre-aggregation spans the whole step.
+            let (status, rows) = self.read_chunk(CHUNK.min(self.batch_size - total), now, out);
+            total += rows;
+            if !matches!(status, Poll::Ready) || rows == 0 || total >= self.batch_size {
+                break status;
+            }
+        };
+        if let Some(w) = self.window.as_mut() {
+            for (p, rows) in w.pre.drain() {
+                if let Some(tenant) = p.key.first() {
+                    self.tenants.get(tenant).events_in += rows;
+                }
+                out.push(Msg::Partial(p));
+            }
+        }
+        if !self.plan.event_time() {
+            self.watermark = self.watermark.max(now);
+        }
+        match status {
+            Poll::Ready if total > 0 => {
+                self.idle_since = None;
+                self.publish(self.watermark);
+                Status::Ready
+            }
+            Poll::Ready | Poll::Pending => {
+                self.check_idle();
+                Status::Pending
+            }
+            Poll::Done => {
+                self.publish(IDLE);
+                Status::Done
+            }
+        }
+    }
+
+    /// Reads up to `max` records and runs them through the stateless steps into the
+    /// pre-aggregator (or out, without a window). Returns the source's status and the rows read.
+    fn read_chunk(&mut self, max: usize, now: i64, out: &mut Vec<Msg>) -> (Poll, usize) {
+        let status = self.source.poll(&mut self.batch, max);
         for d in self.batch.dead.drain(..) {
             self.shared.dead_letters.fetch_add(1, Relaxed);
             self.tenants.get(&Value::Null).dead_lettered += 1;
@@ -141,7 +181,6 @@ impl Ingest {
             } else {
                 now
             };
-            self.tenants.get(&row[tenant_pos]).events_in += 1;
             // Lateness is judged against the watermark before this event, which is
             // deterministic for a given input order.
             let wm = self.watermark;
@@ -153,6 +192,7 @@ impl Ingest {
             }
             for s in &self.steps {
                 if !s.apply(row) {
+                    self.tenants.get(&row[tenant_pos]).events_in += 1;
                     continue 'rows;
                 }
             }
@@ -160,11 +200,14 @@ impl Ingest {
                 Some(w) => {
                     let min_end = if policy == LatePolicy::Update { wm.saturating_sub(lateness) } else { wm };
                     let added = w.pre.add(&w.aggs, row, &w.key_pos, ts, min_end);
-                    if last_end(w.kind, ts) <= wm {
+                    if w.pre.last_end(ts) <= wm {
                         if added > 0 {
                             self.shared.late_updates.fetch_add(1, Relaxed);
                         } else {
-                            self.tenants.get(&row[tenant_pos]).late += 1;
+                            // Rows that reach a window are counted per tenant when partials are drained.
+                            let t = self.tenants.get(&row[tenant_pos]);
+                            t.events_in += 1;
+                            t.late += 1;
                             if policy == LatePolicy::SideOutput {
                                 self.shared.late_side_output.fetch_add(1, Relaxed);
                                 out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
@@ -174,7 +217,10 @@ impl Ingest {
                         }
                     }
                 }
-                None => out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect())),
+                None => {
+                    self.tenants.get(&row[tenant_pos]).events_in += 1;
+                    out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect()))
+                }
             }
         }
         values.clear();
@@ -184,27 +230,7 @@ impl Ingest {
         if late_dropped > 0 {
             self.shared.late_dropped.fetch_add(late_dropped, Relaxed);
         }
-        if let Some(w) = self.window.as_mut() {
-            out.extend(w.pre.drain().map(Msg::Partial));
-        }
-        if !event_time {
-            self.watermark = self.watermark.max(now);
-        }
-        match status {
-            Poll::Ready if rows > 0 => {
-                self.idle_since = None;
-                self.publish(self.watermark);
-                Status::Ready
-            }
-            Poll::Ready | Poll::Pending => {
-                self.check_idle();
-                Status::Pending
-            }
-            Poll::Done => {
-                self.publish(IDLE);
-                Status::Done
-            }
-        }
+        (status, rows)
     }
 
     fn publish(&self, wm: i64) {

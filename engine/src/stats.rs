@@ -29,17 +29,23 @@ impl TenantStats {
 /// A worker's per-tenant counts, merged into [`Shared`] when the worker ends.
 #[derive(Default)]
 pub struct TenantCounts {
-    map: HashMap<Value, TenantStats>,
+    index: HashMap<Value, usize>,
+    stats: Vec<(Value, TenantStats)>,
 }
 
 impl TenantCounts {
+    /// One hash lookup per call; the tenant is cloned only the first time it is seen.
     #[inline]
     pub fn get(&mut self, tenant: &Value) -> &mut TenantStats {
-        // Look up before inserting so the common case clones nothing.
-        if !self.map.contains_key(tenant) {
-            self.map.insert(tenant.clone(), TenantStats::default());
-        }
-        self.map.get_mut(tenant).expect("inserted above")
+        let i = match self.index.get(tenant) {
+            Some(&i) => i,
+            None => {
+                self.stats.push((tenant.clone(), TenantStats::default()));
+                self.index.insert(tenant.clone(), self.stats.len() - 1);
+                self.stats.len() - 1
+            }
+        };
+        &mut self.stats[i].1
     }
 }
 
@@ -79,7 +85,7 @@ impl Shared {
 
     pub fn merge_tenants(&self, counts: TenantCounts) {
         if let Ok(mut t) = self.tenants.lock() {
-            for (k, v) in counts.map {
+            for (k, v) in counts.stats {
                 let name = match k {
                     Value::Null => "(none)".to_string(),
                     other => other.to_string(),

@@ -81,11 +81,31 @@ pub struct PreAggregator {
     kind: WindowKind,
     table: HashTable<Slot>,
     partials: Vec<Partial>,
+    /// Rows counted per partial (each row once, in the first window it went to).
+    rows: Vec<u64>,
+    /// The last tumbling window computed: consecutive events mostly share it, and this saves
+    /// the division of `assign`.
+    current: (i64, i64),
 }
 
 impl PreAggregator {
     pub fn new(kind: WindowKind) -> PreAggregator {
-        PreAggregator { kind, table: HashTable::new(), partials: Vec::new() }
+        PreAggregator { kind, table: HashTable::new(), partials: Vec::new(), rows: Vec::new(), current: (i64::MAX, i64::MIN) }
+    }
+
+    /// The end of the last window `ts` belongs to (see [`last_end`]).
+    #[inline]
+    pub fn last_end(&mut self, ts: i64) -> i64 {
+        match self.kind {
+            WindowKind::Tumbling { size } => {
+                if ts < self.current.0 || ts >= self.current.1 {
+                    let start = ts.div_euclid(size) * size;
+                    self.current = (start, start + size);
+                }
+                self.current.1
+            }
+            kind => last_end(kind, ts),
+        }
     }
 
     /// Adds a row to its windows that end after `min_end` (the others are closed); returns how
@@ -93,51 +113,89 @@ impl PreAggregator {
     #[inline]
     pub fn add(&mut self, aggs: &Aggregates, row: &[Value], key_pos: &[usize], ts: i64, min_end: i64) -> usize {
         let hash = hash_key(key_pos.iter().map(|&p| &row[p]));
-        let kind = self.kind;
-        let (table, partials) = (&mut self.table, &mut self.partials);
-        let mut added = 0;
-        assign(kind, ts, |start, end| {
-            if end <= min_end {
-                return;
+        match self.kind {
+            WindowKind::Tumbling { .. } => {
+                let end = self.last_end(ts);
+                if end <= min_end {
+                    return 0;
+                }
+                let start = self.current.0;
+                self.update(aggs, row, key_pos, ts, hash, start, (start, end), true);
+                1
             }
-            added += 1;
             // Sessions: events in the same `gap`-long bucket are less than `gap` apart, so they
             // surely share a session and can be pre-aggregated together.
-            let slot_start = match kind {
-                WindowKind::Session { gap } => ts.div_euclid(gap),
-                _ => start,
-            };
-            let mixed = hash ^ (slot_start as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            let found = table.find(mixed, |s| {
-                s.hash == hash && s.start == slot_start && key_pos.iter().zip(&partials[s.index].key).all(|(&p, v)| row[p] == *v)
-            });
-            let index = match found {
-                Some(s) => s.index,
-                None => {
-                    let index = partials.len();
-                    partials.push(Partial { hash, key: key_pos.iter().map(|&p| row[p].clone()).collect(), start, end, accs: aggs.init() });
-                    table.insert_unique(mixed, Slot { mixed, hash, start: slot_start, index }, |s| s.mixed);
-                    index
+            WindowKind::Session { gap } => {
+                if ts + gap <= min_end {
+                    return 0;
                 }
-            };
-            let p = &mut partials[index];
-            if let WindowKind::Session { .. } = kind {
-                p.start = p.start.min(start);
-                p.end = p.end.max(end);
+                self.update(aggs, row, key_pos, ts, hash, ts.div_euclid(gap), (ts, ts + gap), true);
+                1
             }
-            aggs.update(&mut p.accs, row, ts);
-        });
-        added
+            kind => {
+                let mut added = 0;
+                assign(kind, ts, |start, end| {
+                    if end > min_end {
+                        self.update(aggs, row, key_pos, ts, hash, start, (start, end), added == 0);
+                        added += 1;
+                    }
+                });
+                added
+            }
+        }
+    }
+
+    /// Adds a row to the partial of (key, slot); creates it if needed.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &mut self,
+        aggs: &Aggregates,
+        row: &[Value],
+        key_pos: &[usize],
+        ts: i64,
+        hash: u64,
+        slot: i64,
+        window: (i64, i64),
+        count_row: bool,
+    ) {
+        let mixed = hash ^ (slot as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let partials = &mut self.partials;
+        let found = self
+            .table
+            .find(mixed, |s| s.hash == hash && s.start == slot && key_pos.iter().zip(&partials[s.index].key).all(|(&p, v)| row[p] == *v));
+        let index = match found {
+            Some(s) => s.index,
+            None => {
+                let index = partials.len();
+                let key = key_pos.iter().map(|&p| row[p].clone()).collect();
+                partials.push(Partial { hash, key, start: window.0, end: window.1, accs: aggs.init() });
+                self.rows.push(0);
+                self.table.insert_unique(mixed, Slot { mixed, hash, start: slot, index }, |s| s.mixed);
+                index
+            }
+        };
+        if count_row {
+            self.rows[index] += 1;
+        }
+        let p = &mut partials[index];
+        if let WindowKind::Session { .. } = self.kind {
+            p.start = p.start.min(window.0);
+            p.end = p.end.max(window.1);
+        }
+        aggs.update(&mut p.accs, row, ts);
     }
 
     pub fn is_empty(&self) -> bool {
         self.partials.is_empty()
     }
 
-    /// Takes the partials built so far.
-    pub fn drain(&mut self) -> std::vec::Drain<'_, Partial> {
+    /// Takes the partials built so far, each with the number of rows counted in it (a row
+    /// that went to several windows is counted once), so callers can count rows per tenant
+    /// without a lookup per row.
+    pub fn drain(&mut self) -> impl Iterator<Item = (Partial, u64)> + '_ {
         self.table.clear();
-        self.partials.drain(..)
+        self.partials.drain(..).zip(self.rows.drain(..))
     }
 }
 
