@@ -9,6 +9,8 @@ use std::process::{Command, Stdio};
 use tenantflow_tests::tenantflow_bin;
 
 /// Runs `tenantflow run` and returns its peak RSS in bytes (from wait4's rusage).
+// The child is reaped by `wait4`, which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn peak_rss(dir: &Path, job: &str) -> u64 {
     std::fs::write(dir.join("job.toml"), job).expect("write job");
     let child = Command::new(tenantflow_bin())
