@@ -141,9 +141,7 @@ fn timely_handwritten(events: u64, workers: usize) -> anyhow::Result<()> {
                                         e.0 += 1;
                                         e.1 += value;
                                         let end = (w + 1) * 1_000_000;
-                                        if !caps.contains_key(&end) {
-                                            caps.insert(end, cap.delayed(&end, 0));
-                                        }
+                                        caps.entry(end).or_insert_with(|| cap.delayed(&end, 0));
                                     }
                                 }
                             });
