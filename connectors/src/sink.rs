@@ -175,7 +175,8 @@ impl Sink for Discard {
     }
 }
 
-/// Appends dead letters as JSON lines; the file is created on the first one.
+/// Writes dead letters as JSON lines; the file is created on the first one (the engine removes
+/// a previous run's file when a job starts).
 pub struct DeadLetterWriter {
     path: String,
     out: Option<BufWriter<File>>,

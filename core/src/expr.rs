@@ -517,7 +517,8 @@ impl Compiler<'_> {
             ty = unify(ty, c.ty).ok_or_else(|| err_at(item, format!("type error: IN list item is {}, expected {}", c.ty, x.ty)))?;
             items.push(c);
         }
-        let all_const = items.iter().all(|c| c.literal.is_some());
+        // A constant list with a NULL item never yields FALSE (SQL), so keep it on the general path.
+        let all_const = items.iter().all(|c| c.literal.as_ref().is_some_and(|l| !l.is_null()));
         let code: BoolFn = if all_const {
             // A constant list becomes a set lookup.
             match coerce(x, ty).code {
@@ -851,7 +852,7 @@ impl Compiler<'_> {
                     0
                 };
                 let x = args.remove(0);
-                if x.ty == Int && matches!(name, "abs" | "floor" | "ceil" | "ceiling" | "round") {
+                if x.ty == Int && matches!(name, "abs" | "floor" | "ceil" | "ceiling") || (x.ty == Int && name == "round" && digits >= 0) {
                     let Code::Int(f) = x.code else { unreachable_code() };
                     let g: IntFn = if name == "abs" { Box::new(move |r| f(r).and_then(i64::checked_abs)) } else { f };
                     return Ok(int_expr(Int, g));
@@ -1184,6 +1185,10 @@ mod tests {
         assert_eq!(eval("premium IS NULL"), Value::Bool(true));
         assert_eq!(eval("-duration_ms"), Value::Int(-45_000));
         assert_eq!(eval("greatest(1, duration_ms, 3)"), Value::Int(45_000));
+        assert_eq!(eval("'b' NOT IN ('a', NULL)"), Value::Null);
+        assert_eq!(eval("'a' IN ('a', NULL)"), Value::Bool(true));
+        assert_eq!(eval("round(1234, -2)"), Value::Float(1200.0));
+        assert_eq!(eval("round(duration_ms)"), Value::Int(45_000));
     }
 
     #[test]

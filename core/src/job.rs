@@ -209,7 +209,7 @@ pub struct WindowSpec {
 pub enum SinkSpec {
     /// A readable table (or JSON lines) on standard output.
     Stdout { json: bool },
-    /// JSON lines appended to a file.
+    /// JSON lines written to a file (created, or truncated, when the job starts writing).
     File { path: String },
     /// Drops rows (benchmarks); `delay_per_row` (µs, may be fractional) makes it a slow sink for
     /// backpressure tests.
@@ -724,8 +724,12 @@ fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
             if let Some(p) = t.string(cx, "path") {
                 paths.push(p.value);
             }
-            if paths.is_empty() && t.get("path").is_none() && t.get("paths").is_none() {
-                t.missing(cx, "path", "a file path or glob, e.g. \"events/*.jsonl\"");
+            if paths.is_empty() {
+                match t.get("paths") {
+                    Some(v) if t.get("path").is_none() => cx.err(&v.span(), &t.key("paths"), "expected at least one file path or glob"),
+                    _ if t.get("path").is_none() => t.missing(cx, "path", "a file path or glob, e.g. \"events/*.jsonl\""),
+                    _ => {}
+                }
             }
             Some(SourceSpec::File { paths })
         }
@@ -861,12 +865,12 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
                 }
             };
             let key_by = t.string_list(cx, "key_by").unwrap_or_default();
-            let aggregates = match t.string_map(cx, "aggregates") {
-                Some(a) if !a.is_empty() => a,
-                Some(_) | None => {
-                    if t.get("aggregates").is_none() || t.table(cx, "aggregates").is_some() {
-                        t.missing(cx, "aggregates", "a table of name = \"aggregate(expression)\", e.g. plays = \"count(*)\"");
-                    }
+            let aggregates = match (t.get("aggregates").is_some(), t.string_map(cx, "aggregates")) {
+                (_, Some(a)) if !a.is_empty() => a,
+                // Present but not a table: string_map has reported it.
+                (true, None) => return None,
+                _ => {
+                    t.missing(cx, "aggregates", "a table of name = \"aggregate(expression)\", e.g. plays = \"count(*)\"");
                     return None;
                 }
             };

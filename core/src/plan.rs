@@ -254,6 +254,10 @@ impl V<'_> {
             None
         };
         let constant = |e: &Ast| -> Option<Value> { expr::compile_ast(e, &Schema::default()).ok()?.literal().cloned() };
+        if distinct && fname != "count" {
+            self.at(loc, format!("DISTINCT is only supported in count(DISTINCT x); use count_distinct(x), not {fname}(DISTINCT ...)"));
+            return None;
+        }
         let func = match (fname.as_str(), star, exprs.len()) {
             ("count", true, 0) => AggFunc::CountAll,
             ("count", false, 1) if distinct => AggFunc::CountDistinct,

@@ -24,7 +24,7 @@ use timely::worker::Worker;
 
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::{DeadLetterWriter, Sink, Source};
-use tenantflow_core::job::SinkSpec;
+use tenantflow_core::job::{LatePolicy, SinkSpec};
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
@@ -104,7 +104,9 @@ fn route(m: &Msg) -> u64 {
 fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Shared>) -> Stream<'s, u64, Vec<Msg>> {
     input.unary_frontier::<Out, _, _, _>(Exchange::new(route), "Window", move |_cap, _info| {
         let w = plan.window.clone();
-        let mut store = w.as_ref().map(|w| WindowStore::new(w.kind, plan.spec.time.allowed_lateness));
+        // Fired windows are kept for late updates only under the `update` policy.
+        let lateness = if plan.spec.time.late_policy == LatePolicy::Update { plan.spec.time.allowed_lateness } else { 0 };
+        let mut store = w.as_ref().map(|w| WindowStore::new(w.kind, lateness));
         let aggs = w.as_ref().map(|w| Aggregates::compile(&w.aggs, &plan.pre_schema));
         let post: Vec<CompiledStep> = Plan::compile_steps(&plan.post);
         let out_pos: Vec<usize> = plan.output.positions().to_vec();
@@ -211,7 +213,7 @@ struct SinkState {
 
 impl SinkState {
     fn new(plan: &Plan, shared: &Arc<Shared>) -> SinkState {
-        let late = plan.spec.time.late_output.as_ref().and_then(|path| {
+        let late = plan.spec.time.late_output.as_ref().filter(|_| plan.spec.time.late_policy == LatePolicy::SideOutput).and_then(|path| {
             let names = plan.input.names();
             match file_sink(path, &names) {
                 Ok(s) => Some(Box::new(s) as Box<dyn Sink>),

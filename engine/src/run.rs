@@ -122,6 +122,15 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
         expand(paths)?;
     }
     let config = timely_config(cfg)?;
+    if cfg.process == 0 {
+        // Dead letters are written only if there are any: do not leave a previous run's file behind.
+        match std::fs::remove_file(&plan.spec.dead_letter_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(EngineError::Config(format!("cannot replace dead-letter file {}: {e}", plan.spec.dead_letter_path)))
+            }
+            _ => {}
+        }
+    }
     let plan = Arc::new(plan);
     let shared = Arc::new(Shared::new(cfg.workers));
     let lead = max_lead(&plan);
