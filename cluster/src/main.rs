@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tenantflow_core::plan;
-use tenantflow_engine::{run, RunConfig, RunReport};
+use tenantflow_engine::{run, RunConfig, RunReport, TenantStats};
 
 /// The quickstart job, embedded so `tenantflow demo` works from any directory.
 const QUICKSTART: &str = include_str!("../../jobs/quickstart.toml");
@@ -157,4 +157,22 @@ fn summary(r: &RunReport, dead_path: &str) {
         r.dead_letters,
         if r.dead_letters > 0 { format!(" (in {dead_path})") } else { String::new() }
     );
+    // The busiest tenants first; the rest summed, so a job with many tenants stays readable.
+    let mut tenants: Vec<_> = r.tenants.iter().collect();
+    tenants.sort_by(|a, b| b.1.events_in.cmp(&a.1.events_in).then(a.0.cmp(b.0)));
+    eprintln!("{:<24} {:>12} {:>12} {:>10} {:>14}", "tenant", "events_in", "events_out", "late", "dead_lettered");
+    for (name, t) in tenants.iter().take(10) {
+        eprintln!("{:<24} {:>12} {:>12} {:>10} {:>14}", name, t.events_in, t.events_out, t.late, t.dead_lettered);
+    }
+    if tenants.len() > 10 {
+        let rest = tenants[10..].iter().fold(TenantStats::default(), |mut acc, (_, t)| {
+            acc.events_in += t.events_in;
+            acc.events_out += t.events_out;
+            acc.late += t.late;
+            acc.dead_lettered += t.dead_lettered;
+            acc
+        });
+        let label = format!("({} more)", tenants.len() - 10);
+        eprintln!("{:<24} {:>12} {:>12} {:>10} {:>14}", label, rest.events_in, rest.events_out, rest.late, rest.dead_lettered);
+    }
 }

@@ -127,11 +127,6 @@ impl<W: Write> Table<W> {
 
 impl<W: Write> Sink for Table<W> {
     fn write(&mut self, row: &[Value]) -> io::Result<()> {
-        if self.rows.is_multiple_of(40) {
-            let header = self.names.clone();
-            self.line(&header)?;
-        }
-        self.rows += 1;
         let cells: Vec<String> = row
             .iter()
             .map(|v| match v {
@@ -139,6 +134,17 @@ impl<W: Write> Sink for Table<W> {
                 other => other.to_string(),
             })
             .collect();
+        if self.rows == 0 {
+            // Widen columns to the first row's values (up to a limit) so typical rows fit.
+            for (w, c) in self.widths.iter_mut().zip(&cells) {
+                *w = (*w).max(c.chars().count().min(64));
+            }
+        }
+        if self.rows.is_multiple_of(40) {
+            let header = self.names.clone();
+            self.line(&header)?;
+        }
+        self.rows += 1;
         self.line(&cells)
     }
 

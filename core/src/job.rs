@@ -177,7 +177,7 @@ pub struct TimeSpec {
     pub allowed_lateness: i64,
     pub late_policy: LatePolicy,
     pub late_output: Option<String>,
-    /// Where `[time]` (or the file) was written, for errors about missing keys.
+    /// Where `[time]` was written; `0..0` when the job has no `[time]` table.
     pub key_span: Range<usize>,
 }
 

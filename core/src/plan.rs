@@ -384,11 +384,11 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
         v.at(&loc, "a job has at most one window step (chain a second job on the first one's output instead)".into());
     }
     if let Some(w) = windows.first() {
-        if spec.time.mode == TimeMode::Processing && spec.time.key_span == (0..0) && spec.time.field.is_none() {
-            // No [time] table: windows use processing time. That is legal but worth no error.
-        } else if spec.time.mode == TimeMode::Event && spec.time.field.is_none() {
+        // Without a [time] table a job runs on processing time; a window must say which time it
+        // means, since silently windowing by arrival time is rarely what was wanted.
+        if spec.time.key_span == (0..0) {
             let loc = Located { value: String::new(), key: w.key.clone(), span: w.span.clone() };
-            v.at(&loc, "a window needs a time field: set [time] field = \"<timestamp field>\" or mode = \"processing\"".into());
+            v.at(&loc, "a window needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")".into());
         }
     }
 

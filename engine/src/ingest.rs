@@ -90,9 +90,12 @@ impl Ingest {
         let names: Vec<&str> = self.input_names.iter().map(String::as_str).collect();
         let raw = row_to_json(&names, &row[..names.len()]);
         let mut d = DeadLetter::new(reason, at.0, at.1, raw.as_bytes());
-        if let Some(t) = tenant {
-            d.tenant = Some(t.to_string());
-            self.tenants.get(t).dead_lettered += 1;
+        match tenant {
+            Some(t) => {
+                d.tenant = Some(t.to_string());
+                self.tenants.get(t).dead_lettered += 1;
+            }
+            None => self.tenants.get(&Value::Null).dead_lettered += 1,
         }
         self.shared.dead_letters.fetch_add(1, Relaxed);
         out.push(Msg::Dead(d));

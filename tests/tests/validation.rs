@@ -65,6 +65,7 @@ fn bad_jobs_get_exact_errors() {
         (with("filter = \"event_type = 'play' AND duration_ms >= 30000\"", "filter = \"duration_ms + 1\""), "job.toml:23:11: `steps[0].filter`: type error: a filter must be a bool condition, found int"),
         (with("size = \"1m\"", "size = \"1 fortnight\""), "job.toml:26:38: `steps[1].window.size`: invalid duration \"1 fortnight\" (expected e.g. \"500ms\", \"5s\", \"1m\", \"1h30m\")"),
         (with("field = \"ts\"\n", ""), "job.toml:18:1: `time.field`: missing key `field` in [time] (expected the timestamp field that carries event time (or mode = \"processing\"))"),
+        (with("[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n", ""), "job.toml:23:10: `steps[1].window`: a window needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")"),
         (with("sum(duration_ms)", "sum(event_type)"), "job.toml:27:45: `steps[1].aggregates.total`: type error: `sum` needs a numeric argument, found string"),
         (with("count(*)", "median(duration_ms)"), "job.toml:27:25: `steps[1].aggregates.plays`: unknown aggregate `median` (expected one of: count, sum, min, max, avg, count_distinct, approx_count_distinct, approx_percentile, p50, p95, p99, first, last, top_k)"),
         (with("type = \"stdout\"", "type = \"stdout\"\nformat = \"xml\""), "job.toml:31:10: `sinks[0].format`: unknown value \"xml\" (expected one of: table, json)"),
