@@ -266,3 +266,53 @@ impl Drop for Ingest {
         self.shared.merge_tenants(std::mem::take(&mut self.tenants));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenantflow_connectors::{Batch, Poll, Source};
+
+    /// A source that never has anything to read (a quiet partition, a silent stdin).
+    struct Stalled;
+
+    impl Source for Stalled {
+        fn poll(&mut self, _: &mut Batch, _: usize) -> Poll {
+            Poll::Pending
+        }
+    }
+
+    fn ingest(idle: &str, shared: &Arc<Shared>) -> Ingest {
+        let text = format!(
+            "[source]\ntype = \"stdin\"\n[schema]\ntenant = \"t\"\n[schema.fields]\nt = \"string\"\nts = \"timestamp\"\n[time]\nfield = \"ts\"\n{idle}\n"
+        );
+        let plan = tenantflow_core::plan::load("idle.toml", &text, &[]).expect("valid job");
+        Ingest::new(Arc::new(plan), Box::new(Stalled), Arc::clone(shared), 0)
+    }
+
+    #[test]
+    fn an_idle_source_follows_the_active_ones() {
+        let shared = Arc::new(Shared::new(2));
+        shared.watermarks[1].store(5_000_000, Relaxed);
+        let mut idle = ingest("idle_timeout = \"5ms\"", &shared);
+        let mut out = Vec::new();
+        assert!(matches!(idle.step(&mut out), Status::Pending));
+        assert_eq!(idle.watermark(), i64::MIN, "not idle yet");
+        std::thread::sleep(Duration::from_millis(10));
+        idle.step(&mut out);
+        assert_eq!(idle.watermark(), 5_000_000);
+        assert_eq!(shared.watermarks[0].load(Relaxed), IDLE);
+    }
+
+    #[test]
+    fn without_idle_timeout_a_quiet_source_holds_the_watermark() {
+        let shared = Arc::new(Shared::new(2));
+        shared.watermarks[1].store(5_000_000, Relaxed);
+        let mut quiet = ingest("", &shared);
+        let mut out = Vec::new();
+        quiet.step(&mut out);
+        std::thread::sleep(Duration::from_millis(10));
+        quiet.step(&mut out);
+        assert_eq!(quiet.watermark(), i64::MIN);
+        assert_ne!(shared.watermarks[0].load(Relaxed), IDLE);
+    }
+}
