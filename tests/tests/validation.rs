@@ -102,3 +102,20 @@ fn several_errors_are_all_reported() {
     let got = errors(&job);
     assert_eq!(got.len(), 2, "{got:?}");
 }
+
+#[test]
+fn every_example_job_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../jobs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("jobs directory") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).expect("read job");
+            if let Err(e) = plan::load(&path.display().to_string(), &text, &[]) {
+                panic!("{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "only {checked} example jobs found in {}", dir.display());
+}
