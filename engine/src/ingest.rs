@@ -203,7 +203,8 @@ impl Ingest {
                 Some(w) => {
                     let min_end = if policy == LatePolicy::Update { wm.saturating_sub(lateness) } else { wm };
                     let added = w.pre.add(&w.aggs, row, &w.key_pos, ts, min_end);
-                    if w.pre.last_end(ts) <= wm {
+                    // Only late rows (none added, or `update` adding to fired windows) need the check.
+                    if (added == 0 || policy == LatePolicy::Update) && w.pre.last_end(ts) <= wm {
                         if added > 0 {
                             self.shared.late_updates.fetch_add(1, Relaxed);
                         } else {

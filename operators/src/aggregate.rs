@@ -35,14 +35,54 @@ pub enum Acc {
     TopK(FastMap<Value, u64>),
 }
 
+/// An aggregate's argument: a plain field is read directly, anything else through its compiled
+/// expression (a bare column is by far the common case, and skips a closure call per row).
+enum Arg {
+    Column(usize),
+    Expr(CompiledExpr),
+}
+
+impl Arg {
+    #[inline]
+    fn eval(&self, row: &[Value]) -> Value {
+        match self {
+            Arg::Column(p) => row[*p].clone(),
+            Arg::Expr(e) => e.eval(row),
+        }
+    }
+
+    #[inline]
+    fn eval_i64(&self, row: &[Value]) -> Option<i64> {
+        match self {
+            Arg::Column(p) => row[*p].as_i64(),
+            Arg::Expr(e) => e.eval_i64(row),
+        }
+    }
+
+    #[inline]
+    fn eval_f64(&self, row: &[Value]) -> Option<f64> {
+        match self {
+            Arg::Column(p) => row[*p].as_f64(),
+            Arg::Expr(e) => e.eval_f64(row),
+        }
+    }
+}
+
 /// Compiled aggregates of one window step.
 pub struct Aggregates {
-    specs: Vec<(AggFunc, DataType, Option<CompiledExpr>)>,
+    specs: Vec<(AggFunc, DataType, Option<Arg>)>,
 }
 
 impl Aggregates {
     pub fn compile(aggs: &[AggPlan], schema: &Schema) -> Aggregates {
-        Aggregates { specs: aggs.iter().map(|a| (a.func, a.out_type, a.compile_arg(schema))).collect() }
+        let arg = |a: &AggPlan| -> Option<Arg> {
+            let text = a.arg.as_deref()?;
+            match schema.lookup(text.trim()) {
+                Some((pos, _)) => Some(Arg::Column(pos)),
+                None => a.compile_arg(schema).map(Arg::Expr),
+            }
+        };
+        Aggregates { specs: aggs.iter().map(|a| (a.func, a.out_type, arg(a))).collect() }
     }
 
     pub fn len(&self) -> usize {
