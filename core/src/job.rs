@@ -495,9 +495,13 @@ impl<'t, 'i> T<'t, 'i> {
     fn duration(&self, cx: &mut Cx, k: &str) -> Option<i64> {
         let s = self.string(cx, k)?;
         match time::parse_duration(&s.value) {
-            Some(d) if d >= 0 => Some(d),
+            Some(d) if (0..=time::MAX_DURATION).contains(&d) => Some(d),
             _ => {
-                cx.err(&s.span, &s.key, format!("invalid duration \"{}\" (expected e.g. \"500ms\", \"5s\", \"1m\", \"1h30m\")", s.value));
+                cx.err(
+                    &s.span,
+                    &s.key,
+                    format!("invalid duration \"{}\" (expected e.g. \"500ms\", \"5s\", \"1m\", \"1h30m\", at most 36500d)", s.value),
+                );
                 None
             }
         }

@@ -2,6 +2,13 @@
 //!
 //! Timestamps are microseconds since the Unix epoch (UTC), durations are microseconds.
 
+/// Event times must lie in years 1 to 9999; with durations capped at [`MAX_DURATION`], window
+/// arithmetic on them cannot overflow.
+pub const MIN_EVENT_TIME: i64 = -62_135_596_800_000_000;
+pub const MAX_EVENT_TIME: i64 = 253_402_300_799_999_999;
+/// The longest duration a job may configure (about 100 years).
+pub const MAX_DURATION: i64 = 36_500 * 86_400 * MICROS_PER_SEC;
+
 pub const MICROS_PER_MS: i64 = 1_000;
 pub const MICROS_PER_SEC: i64 = 1_000_000;
 

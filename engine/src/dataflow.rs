@@ -35,6 +35,16 @@ use crate::Msg;
 
 type Out = CapacityContainerBuilder<Vec<Msg>>;
 
+/// Event time (µs, signed) as a Timely timestamp: flipping the sign bit keeps the order, so
+/// times before 1970 work and `i64::MIN` ("nothing yet") is Timely's minimum, 0.
+pub fn to_time(t: i64) -> u64 {
+    (t as u64) ^ (1 << 63)
+}
+
+pub fn from_time(t: u64) -> i64 {
+    (t ^ (1 << 63)) as i64
+}
+
 /// Builds the job's dataflow on this worker; returns the probe that tells when sinks are done.
 pub fn build(
     worker: &mut Worker,
@@ -80,7 +90,7 @@ fn ingest<'s>(
             if !msgs.is_empty() {
                 output.session(&*c).give_iterator(msgs.drain(..));
             }
-            let wm = ingest.watermark().max(0) as u64;
+            let wm = to_time(ingest.watermark());
             if wm > t {
                 c.downgrade(&wm);
             }
@@ -119,8 +129,8 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
                     for msg in batch.drain(..) {
                         match (msg, store.as_mut()) {
                             (Msg::Partial(p), Some(store)) => {
-                                let at = store.insert(p, t as i64);
-                                caps.entry(at).or_insert_with(|| cap.delayed(&(at.max(0) as u64), 0));
+                                let at = store.insert(p, from_time(t));
+                                caps.entry(at).or_insert_with(|| cap.delayed(&to_time(at), 0));
                             }
                             (other, _) => output.session(&cap).give(other),
                         }
@@ -128,13 +138,17 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
                 }
             });
             let (Some(store), Some(aggs)) = (store.as_mut(), aggs.as_ref()) else { return };
-            let upto = frontier.frontier().first().map_or(i64::MAX, |&f| f as i64);
+            let upto = frontier.frontier().first().map_or(i64::MAX, |&f| from_time(f));
             if store.next_timer().is_none_or(|t| t > upto) {
                 return;
             }
             let mut fired = 0;
             store.fire(upto, |at, f| {
-                let Some((_, cap)) = caps.range(..=at).next_back() else { return };
+                // `insert` made a capability for every time `fire` can emit at.
+                let Some(cap) = caps.get(&at) else {
+                    debug_assert!(false, "no capability for window output at {at}");
+                    return;
+                };
                 let mut row: Vec<Value> = Vec::with_capacity(out_width);
                 row.extend(f.key.iter().cloned());
                 row.push(Value::Ts(f.start));

@@ -125,26 +125,33 @@ impl Ingest {
             self.watermark = self.watermark.max(now);
         }
         match status {
-            Poll::Ready if total > 0 => {
-                self.idle_since = None;
-                self.publish(self.watermark);
-                Status::Ready
-            }
-            Poll::Ready | Poll::Pending => {
-                self.check_idle();
-                Status::Pending
-            }
             Poll::Done => {
                 self.publish(IDLE);
                 Status::Done
+            }
+            // Anything consumed, even records that all became dead letters, is activity.
+            _ if total > 0 => {
+                self.idle_since = None;
+                self.publish(self.watermark);
+                if matches!(status, Poll::Ready) {
+                    Status::Ready
+                } else {
+                    Status::Pending
+                }
+            }
+            _ => {
+                self.check_idle();
+                Status::Pending
             }
         }
     }
 
     /// Reads up to `max` records and runs them through the stateless steps into the
-    /// pre-aggregator (or out, without a window). Returns the source's status and the rows read.
+    /// pre-aggregator (or out, without a window). Returns the source's status and the number of
+    /// records consumed (rows and dead letters).
     fn read_chunk(&mut self, max: usize, now: i64, out: &mut Vec<Msg>) -> (Poll, usize) {
         let status = self.source.poll(&mut self.batch, max);
+        let undecodable = self.batch.dead.len();
         for d in self.batch.dead.drain(..) {
             self.shared.dead_letters.fetch_add(1, Relaxed);
             self.tenants.get(&Value::Null).dead_lettered += 1;
@@ -184,6 +191,14 @@ impl Ingest {
             } else {
                 now
             };
+            if !(time::MIN_EVENT_TIME..=time::MAX_EVENT_TIME).contains(&ts) {
+                let reason = format!("event time {ts} µs is out of range (years 1 to 9999)");
+                let tenant = row[tenant_pos].clone();
+                let (name, pos) = self.batch.position(i);
+                let at = (name.to_string(), pos);
+                self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
+                continue;
+            }
             // Lateness is judged against the watermark before this event, which is
             // deterministic for a given input order.
             let wm = self.watermark;
@@ -234,7 +249,7 @@ impl Ingest {
         if late_dropped > 0 {
             self.shared.late_dropped.fetch_add(late_dropped, Relaxed);
         }
-        (status, rows)
+        (status, rows + undecodable)
     }
 
     fn publish(&self, wm: i64) {

@@ -19,11 +19,11 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 pub enum Acc {
     Count(i64),
     SumInt(i64),
-    SumFloat(f64),
+    SumFloat(ExactSum),
     Min(Value),
     Max(Value),
     Avg {
-        sum: f64,
+        sum: ExactSum,
         count: i64,
     },
     Distinct(FastSet<Value>),
@@ -99,11 +99,11 @@ impl Aggregates {
             .iter()
             .map(|(f, out, _)| match f {
                 AggFunc::CountAll | AggFunc::Count => Acc::Count(0),
-                AggFunc::Sum if *out == DataType::Float => Acc::SumFloat(0.0),
+                AggFunc::Sum if *out == DataType::Float => Acc::SumFloat(ExactSum::default()),
                 AggFunc::Sum => Acc::SumInt(0),
                 AggFunc::Min => Acc::Min(Value::Null),
                 AggFunc::Max => Acc::Max(Value::Null),
-                AggFunc::Avg => Acc::Avg { sum: 0.0, count: 0 },
+                AggFunc::Avg => Acc::Avg { sum: ExactSum::default(), count: 0 },
                 AggFunc::CountDistinct => Acc::Distinct(FastSet::default()),
                 AggFunc::ApproxCountDistinct => Acc::Hll(Box::default()),
                 AggFunc::Percentile(_) => Acc::Sketch(Box::new(DDSketch::new(SketchConfig::defaults()))),
@@ -138,12 +138,12 @@ impl Aggregates {
                 }
                 Acc::SumFloat(s) => {
                     if let Some(v) = arg.eval_f64(row) {
-                        *s += v
+                        s.add(v)
                     }
                 }
                 Acc::Avg { sum, count } => {
                     if let Some(v) = arg.eval_f64(row) {
-                        *sum += v;
+                        sum.add(v);
                         *count += 1;
                     }
                 }
@@ -206,12 +206,12 @@ impl Aggregates {
             out.push(match acc {
                 Acc::Count(n) => Value::Int(*n),
                 Acc::SumInt(s) => Value::Int(*s),
-                Acc::SumFloat(s) => Value::Float(*s),
+                Acc::SumFloat(s) => Value::Float(s.value()),
                 Acc::Avg { sum, count } => {
                     if *count == 0 {
                         Value::Null
                     } else {
-                        Value::Float(sum / *count as f64)
+                        Value::Float(sum.value() / *count as f64)
                     }
                 }
                 Acc::Min(v) | Acc::Max(v) | Acc::First(_, v) | Acc::Last(_, v) => retype(v.clone(), *out_ty),
@@ -249,9 +249,9 @@ pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
         match (a, b) {
             (Acc::Count(x), Acc::Count(y)) => *x += y,
             (Acc::SumInt(x), Acc::SumInt(y)) => *x = x.wrapping_add(y),
-            (Acc::SumFloat(x), Acc::SumFloat(y)) => *x += y,
+            (Acc::SumFloat(x), Acc::SumFloat(y)) => x.merge(&y),
             (Acc::Avg { sum, count }, Acc::Avg { sum: s2, count: c2 }) => {
-                *sum += s2;
+                sum.merge(&s2);
                 *count += c2;
             }
             (Acc::Min(x), Acc::Min(y)) if !y.is_null() && (x.is_null() || y < *x) => *x = y,
@@ -285,5 +285,104 @@ pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
             // Mismatched pairs cannot happen (same aggregates); a guard that fails keeps `a`.
             _ => {}
         }
+    }
+}
+
+/// An exactly rounded float sum (Shewchuk's algorithm, as in Python's `math.fsum`): the result
+/// does not depend on the order of additions or merges, so float sums and averages are the same
+/// for any number of workers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExactSum {
+    /// Non-overlapping partial sums, increasing in magnitude.
+    partials: Vec<f64>,
+    /// Sum of infinities and NaNs, kept apart so they do not poison the partials.
+    special: f64,
+}
+
+impl ExactSum {
+    pub fn add(&mut self, mut x: f64) {
+        if !x.is_finite() {
+            self.special += x;
+            return;
+        }
+        let mut i = 0;
+        for j in 0..self.partials.len() {
+            let mut y = self.partials[j];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                self.partials[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        self.partials.truncate(i);
+        self.partials.push(x);
+    }
+
+    pub fn merge(&mut self, other: &ExactSum) {
+        for &p in &other.partials {
+            self.add(p);
+        }
+        self.special += other.special;
+    }
+
+    /// The correctly rounded sum.
+    pub fn value(&self) -> f64 {
+        if self.special != 0.0 || self.special.is_nan() {
+            return self.special;
+        }
+        let p = &self.partials;
+        let Some(mut n) = p.len().checked_sub(1) else { return 0.0 };
+        let mut hi = p[n];
+        let mut lo = 0.0;
+        while n > 0 {
+            let x = hi;
+            n -= 1;
+            let y = p[n];
+            hi = x + y;
+            lo = y - (hi - x);
+            if lo != 0.0 {
+                break;
+            }
+        }
+        // Round half to even across the remaining partials, as fsum does.
+        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            if y == x - hi {
+                hi = x;
+            }
+        }
+        hi
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExactSum;
+
+    fn sum(xs: &[f64]) -> f64 {
+        let mut s = ExactSum::default();
+        xs.iter().for_each(|&x| s.add(x));
+        s.value()
+    }
+
+    #[test]
+    fn exact_sum_is_order_independent() {
+        assert_eq!(sum(&[0.1, 0.2, 0.3]), 0.6);
+        assert_eq!(sum(&[0.3, 0.2, 0.1]), 0.6);
+        assert_eq!(sum(&[1e100, 1.0, -1e100]), 1.0);
+        let (mut a, mut b) = (ExactSum::default(), ExactSum::default());
+        a.add(0.1);
+        b.add(0.2);
+        b.add(0.3);
+        a.merge(&b);
+        assert_eq!(a.value(), 0.6);
+        assert_eq!(sum(&[]), 0.0);
+        assert!(sum(&[1.0, f64::INFINITY]).is_infinite());
     }
 }

@@ -59,12 +59,16 @@ pub fn assign(kind: WindowKind, ts: i64, mut each: impl FnMut(i64, i64)) {
 }
 
 /// The end of the last window `ts` belongs to: once the watermark reaches it, the event is late.
+///
+/// For sessions that is `ts + 1`: an event behind the watermark is late. Judging it by its own
+/// `[ts, ts + gap)` instead would let an on-time event reach a session that already fired, and
+/// whether it did would depend on batching and thread timing.
 #[inline]
 pub fn last_end(kind: WindowKind, ts: i64) -> i64 {
     match kind {
         WindowKind::Tumbling { size } => ts.div_euclid(size) * size + size,
         WindowKind::Sliding { slide, size } => ts.div_euclid(slide) * slide + size,
-        WindowKind::Session { gap } => ts + gap,
+        WindowKind::Session { .. } => ts + 1,
     }
 }
 
@@ -126,7 +130,7 @@ impl PreAggregator {
             // Sessions: events in the same `gap`-long bucket are less than `gap` apart, so they
             // surely share a session and can be pre-aggregated together.
             WindowKind::Session { gap } => {
-                if ts + gap <= min_end {
+                if last_end(self.kind, ts) <= min_end {
                     return 0;
                 }
                 self.update(aggs, row, key_pos, ts, hash, ts.div_euclid(gap), (ts, ts + gap), true);
@@ -206,6 +210,9 @@ struct Window {
     fired: bool,
     /// Updated by late data since it fired.
     dirty: bool,
+    /// When the next result is due: the end, or (late update) when the update arrived. The
+    /// caller holds a capability for exactly this time.
+    due: i64,
 }
 
 struct Group {
@@ -261,17 +268,16 @@ impl WindowStore {
             }
         };
         let windows = &mut self.groups[gi].windows;
-        let end = match self.kind {
+        let due = match self.kind {
             WindowKind::Session { .. } => {
-                // Merge every session that touches [start, end] (Flink's rule: events at most
-                // `gap` apart share a session), including ones that already fired but still
-                // accept late updates.
+                // Merge every session that overlaps [start, end): events less than `gap` apart
+                // share a session. Sessions that fired and still accept late updates merge too.
                 let (mut start, mut end, mut accs) = (p.start, p.end, p.accs);
                 let mut fired = false;
                 let mut i = 0;
                 while i < windows.len() {
                     let w = &windows[i];
-                    if w.start <= end && start <= w.end {
+                    if w.start < end && start < w.end {
                         let w = windows.swap_remove(i);
                         start = start.min(w.start);
                         end = end.max(w.end);
@@ -283,27 +289,31 @@ impl WindowStore {
                         i += 1;
                     }
                 }
-                windows.push(Window { start, end, accs, fired, dirty: fired });
-                end
+                let due = end.max(now);
+                windows.push(Window { start, end, accs, fired, dirty: fired, due });
+                due
             }
             _ => match windows.iter_mut().find(|w| w.start == p.start) {
                 Some(w) => {
                     merge(&mut w.accs, p.accs);
-                    w.dirty |= w.fired;
-                    w.end
+                    if w.fired {
+                        w.dirty = true;
+                        w.due = w.end.max(now);
+                    }
+                    w.due
                 }
                 None => {
-                    windows.push(Window { start: p.start, end: p.end, accs: p.accs, fired: false, dirty: false });
-                    p.end
+                    let due = p.end.max(now);
+                    windows.push(Window { start: p.start, end: p.end, accs: p.accs, fired: false, dirty: false, due });
+                    due
                 }
             },
         };
-        let at = end.max(now);
-        let list = self.timers.entry(at).or_default();
+        let list = self.timers.entry(due).or_default();
         if list.last() != Some(&gi) {
             list.push(gi);
         }
-        at
+        due
     }
 
     /// The earliest time with pending work.
@@ -311,39 +321,38 @@ impl WindowStore {
         self.timers.keys().next().copied()
     }
 
-    /// Fires timers at or before `upto`: windows whose end is at or before `upto` emit their
-    /// result (late-updated ones emit again); windows past their allowed lateness are dropped.
-    /// `emit` gets the output time: the window's end, or later for a late update.
+    /// Fires timers at or before `upto`: windows whose result is due at or before `upto` emit it
+    /// (late-updated ones emit again); windows past their allowed lateness are dropped.
+    /// `emit` gets the output time, the window's `due` time, for which `insert` returned it.
     pub fn fire(&mut self, upto: i64, mut emit: impl FnMut(i64, Fired<'_>)) {
+        let lateness = self.allowed_lateness;
         while let Some((&at, _)) = self.timers.first_key_value() {
             if at > upto {
                 break;
             }
             let Some(groups) = self.timers.remove(&at) else { break };
             for gi in groups {
-                let mut purge_at = None;
+                let mut purge_at: Option<i64> = None;
                 let group = &mut self.groups[gi];
-                if group.key.is_empty() && group.windows.is_empty() {
-                    continue;
-                }
+                // A timer may outlive its group (freed and perhaps reused): it then only finds
+                // windows that are not due yet, or due, both of which are handled correctly.
                 group.windows.sort_by_key(|w| w.start);
                 for w in &mut group.windows {
-                    if w.end <= upto && (!w.fired || w.dirty) {
-                        emit(w.end.max(at), Fired { key: &group.key, start: w.start, end: w.end, accs: &w.accs });
+                    if (!w.fired || w.dirty) && w.due <= upto {
+                        emit(w.due, Fired { key: &group.key, start: w.start, end: w.end, accs: &w.accs });
                         w.fired = true;
                         w.dirty = false;
-                        if self.allowed_lateness > 0 {
-                            purge_at = Some(purge_at.map_or(w.end + self.allowed_lateness, |p: i64| p.min(w.end + self.allowed_lateness)));
-                        }
+                    }
+                    if w.fired && lateness > 0 {
+                        let p = w.end.saturating_add(lateness);
+                        purge_at = Some(purge_at.map_or(p, |q| q.min(p)));
                     }
                 }
-                let lateness = self.allowed_lateness;
-                group.windows.retain(|w| !(w.fired && w.end + lateness <= upto));
-                if let Some(p) = purge_at {
-                    let p = p.max(at + 1);
+                group.windows.retain(|w| !(w.fired && !w.dirty && w.end.saturating_add(lateness) <= upto));
+                if let Some(p) = purge_at.filter(|&p| p > upto) {
                     self.timers.entry(p).or_default().push(gi);
                 }
-                if group.windows.is_empty() {
+                if group.windows.is_empty() && !group.key.is_empty() {
                     group.key = Vec::new();
                     if let Ok(entry) = self.index.find_entry(group.hash, |&g| g == gi) {
                         entry.remove();

@@ -63,7 +63,7 @@ fn bad_jobs_get_exact_errors() {
         (with("duration_ms >= 30000", "durations_ms >= 30000"), "job.toml:23:35: `steps[0].filter`: unknown field `durations_ms` (expected one of: tenant_id, event_type, duration_ms, ts)"),
         (with("duration_ms >= 30000", "duration_ms >= 'long'"), "job.toml:23:35: `steps[0].filter`: type error: cannot compare int with string"),
         (with("filter = \"event_type = 'play' AND duration_ms >= 30000\"", "filter = \"duration_ms + 1\""), "job.toml:23:11: `steps[0].filter`: type error: a filter must be a bool condition, found int"),
-        (with("size = \"1m\"", "size = \"1 fortnight\""), "job.toml:26:38: `steps[1].window.size`: invalid duration \"1 fortnight\" (expected e.g. \"500ms\", \"5s\", \"1m\", \"1h30m\")"),
+        (with("size = \"1m\"", "size = \"1 fortnight\""), "job.toml:26:38: `steps[1].window.size`: invalid duration \"1 fortnight\" (expected e.g. \"500ms\", \"5s\", \"1m\", \"1h30m\", at most 36500d)"),
         (with("field = \"ts\"\n", ""), "job.toml:18:1: `time.field`: missing key `field` in [time] (expected the timestamp field that carries event time (or mode = \"processing\"))"),
         (with("[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n", ""), "job.toml:23:10: `steps[1].window`: a window needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")"),
         (with("sum(duration_ms)", "sum(event_type)"), "job.toml:27:45: `steps[1].aggregates.total`: type error: `sum` needs a numeric argument, found string"),

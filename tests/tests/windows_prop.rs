@@ -169,8 +169,8 @@ fn reference(events: &[(Event, Vec<(i64, i64)>)], win: Win) -> BTreeMap<Key, Acc
             let mut sessions: Vec<(i64, i64, Vec<&Event>)> = Vec::new();
             for e in evs {
                 match sessions.last_mut() {
-                    // Flink's rule: sessions [a, b + gap] and [c, c + gap] merge when c <= b + gap.
-                    Some((_, last, group)) if e.ts <= *last + gap => {
+                    // Events less than `gap` apart share a session.
+                    Some((_, last, group)) if e.ts < *last + gap => {
                         *last = (*last).max(e.ts);
                         group.push(e);
                     }
