@@ -251,7 +251,7 @@ fn check_in_order_bound(events: Vec<Event>, win: Win) -> Result<(), TestCaseErro
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn tumbling_windows(events in events(), size in prop::sample::select(vec![100i64, 250, 1000])) {
@@ -269,9 +269,12 @@ proptest! {
     }
 
     /// Late events under each policy (one worker, so the watermark sequence is the file order).
+    /// Sessions take `drop` and `side_output` only: under `update` a late event can re-shape a
+    /// session that was already emitted, which this reference does not model.
     #[test]
     fn late_events(events in events(), policy in prop::sample::select(vec!["drop", "side_output", "update"]),
-                   win in prop::sample::select(vec![Win::Tumbling(100), Win::Sliding(200, 100)])) {
+                   win in prop::sample::select(vec![Win::Tumbling(100), Win::Sliding(200, 100), Win::Session(40)])) {
+        prop_assume!(!(matches!(win, Win::Session(_)) && policy == "update"));
         let ooo = 100; // ms: some of the up-to-500 ms delays arrive late
         let lateness = 200;
         let mut wm = i64::MIN;
@@ -283,7 +286,11 @@ proptest! {
             max_ts = max_ts.max(e.ts);
             wm = wm.max(max_ts - ooo);
             let min_end = if policy == "update" { before.saturating_sub(lateness) } else { before };
-            let wins: Vec<(i64, i64)> = win.assign(e.ts).into_iter().filter(|w| w.1 > min_end).collect();
+            // The end of the last window an event belongs to; for sessions the event itself.
+            let wins: Vec<(i64, i64)> = match win {
+                Win::Session(_) => win.assign(e.ts).into_iter().filter(|_| e.ts + 1 > min_end).collect(),
+                _ => win.assign(e.ts).into_iter().filter(|w| w.1 > min_end).collect(),
+            };
             if wins.is_empty() {
                 late += 1;
             } else {
