@@ -11,14 +11,38 @@ use tenantflow_core::{time, DataType, Schema, Value};
 /// Decodes one JSON object per line into the declared fields of a row.
 #[derive(Clone)]
 pub struct JsonDecoder {
-    fields: HashMap<String, (usize, DataType)>,
+    fields: Fields,
+}
+
+#[derive(Clone)]
+struct Fields {
+    /// Declared fields in schema order: (name, row position, type).
+    list: Vec<(String, usize, DataType)>,
+    /// Name -> index into `list`.
+    index: HashMap<String, usize>,
+}
+
+impl Fields {
+    /// Finds a key, trying first the field after the previous one: producers write keys in the
+    /// same order on every line, so this usually saves the hash lookup.
+    #[inline]
+    fn find(&self, key: &str, cursor: &mut usize) -> Option<&(String, usize, DataType)> {
+        let i = match self.list.get(*cursor) {
+            Some((name, ..)) if name == key => *cursor,
+            _ => *self.index.get(key)?,
+        };
+        *cursor = i + 1;
+        self.list.get(i)
+    }
 }
 
 impl JsonDecoder {
     /// `schema` holds the declared fields at their row positions.
     pub fn new(schema: &Schema) -> JsonDecoder {
-        let fields = schema.fields().iter().zip(schema.positions()).map(|((n, t), &p)| (n.clone(), (p, *t))).collect();
-        JsonDecoder { fields }
+        let list: Vec<(String, usize, DataType)> =
+            schema.fields().iter().zip(schema.positions()).map(|((n, t), &p)| (n.clone(), p, *t)).collect();
+        let index = list.iter().enumerate().map(|(i, (n, ..))| (n.clone(), i)).collect();
+        JsonDecoder { fields: Fields { list, index } }
     }
 
     /// Fills `row` from `line`; on error the row content is unspecified and the reason returned.
@@ -30,7 +54,7 @@ impl JsonDecoder {
 }
 
 struct RowVisitor<'a> {
-    fields: &'a HashMap<String, (usize, DataType)>,
+    fields: &'a Fields,
     row: &'a mut [Value],
 }
 
@@ -42,7 +66,8 @@ impl<'de> Visitor<'de> for RowVisitor<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(slot) = map.next_key_seed(KeySeed(self.fields))? {
+        let mut cursor = 0;
+        while let Some(slot) = map.next_key_seed(KeySeed(self.fields, &mut cursor))? {
             match slot {
                 Some((pos, ty, name)) => self.row[pos] = map.next_value_seed(TypedSeed { ty, name })?,
                 None => {
@@ -54,9 +79,9 @@ impl<'de> Visitor<'de> for RowVisitor<'_> {
     }
 }
 
-struct KeySeed<'a>(&'a HashMap<String, (usize, DataType)>);
+struct KeySeed<'a, 'c>(&'a Fields, &'c mut usize);
 
-impl<'de, 'a> DeserializeSeed<'de> for KeySeed<'a> {
+impl<'de, 'a> DeserializeSeed<'de> for KeySeed<'a, '_> {
     type Value = Option<(usize, DataType, &'a str)>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -64,7 +89,7 @@ impl<'de, 'a> DeserializeSeed<'de> for KeySeed<'a> {
     }
 }
 
-impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
+impl<'de, 'a> Visitor<'de> for KeySeed<'a, '_> {
     type Value = Option<(usize, DataType, &'a str)>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -72,7 +97,7 @@ impl<'de, 'a> Visitor<'de> for KeySeed<'a> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.0.get_key_value(v).map(|(k, &(p, t))| (p, t, k.as_str())))
+        Ok(self.0.find(v, self.1).map(|(name, p, t)| (*p, *t, name.as_str())))
     }
 }
 

@@ -114,13 +114,17 @@ pub fn format_rfc3339(ts: i64) -> String {
 /// Parses `YYYY-MM-DD[T| ]HH:MM:SS[.fraction][Z|±HH:MM]` or a bare date. A missing offset means UTC.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let b = s.trim().as_bytes();
+    // Digits by hand: this runs once per event for string timestamps.
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = b.get(r)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
+        let mut n = 0i64;
+        for &d in part {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n = n * 10 + (d - b'0') as i64;
         }
+        Some(n)
     };
     if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
         return None;
