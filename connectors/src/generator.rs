@@ -299,3 +299,81 @@ impl Source for Generator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tenantflow_core::job::{GeneratorProfile, GeneratorSpec};
+    use tenantflow_core::DataType;
+
+    fn spec(seed: u64) -> GeneratorSpec {
+        GeneratorSpec {
+            profile: GeneratorProfile::Music,
+            events: Some(20_000),
+            rate: None,
+            seed,
+            tenants: 10,
+            users: 500,
+            tracks: 300,
+            start_time: 0,
+            event_interval: 1_000,
+            out_of_order_fraction: 0.1,
+            max_delay: 1_000_000,
+            late_fraction: 0.01,
+            late_delay: 60_000_000,
+            malformed_fraction: 0.0,
+        }
+    }
+
+    fn schema() -> Schema {
+        Schema::new(GeneratorProfile::Music.fields().iter().map(|(n, t)| (n.to_string(), *t)).collect())
+    }
+
+    /// All events of a run with `workers` workers, sorted by sequence number.
+    fn events(seed: u64, workers: usize) -> Vec<Vec<Value>> {
+        let schema = schema();
+        let mut all = Vec::new();
+        for w in 0..workers {
+            let mut generator = Generator::new(&spec(seed), &schema, w, workers);
+            let mut batch = Batch::new(schema.len());
+            while !matches!(generator.poll(&mut batch, 1000), Poll::Done) {}
+            for (i, row) in batch.values.chunks(schema.len()).enumerate() {
+                all.push((batch.positions[i].1, row.to_vec()));
+            }
+        }
+        all.sort_by_key(|(g, _)| *g);
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn deterministic_for_a_seed_whatever_the_split() {
+        let one = events(7, 1);
+        assert_eq!(one.len(), 20_000);
+        assert_eq!(one, events(7, 3));
+        assert_ne!(one, events(8, 1));
+    }
+
+    #[test]
+    fn plausible_music_events() {
+        let rows = events(7, 1);
+        let count = |pos: usize, v: &str| rows.iter().filter(|r| r[pos].as_str() == Some(v)).count();
+        // Tenants are Zipf-skewed: the first is the largest, several times the tenth.
+        assert!(count(0, "tenant-00") > 4 * count(0, "tenant-09"), "{} vs {}", count(0, "tenant-00"), count(0, "tenant-09"));
+        let plays = count(6, "play") as f64 / rows.len() as f64;
+        assert!((0.5..0.6).contains(&plays), "play share {plays}");
+        for r in &rows {
+            let ms = r[7].as_i64().unwrap_or(-1);
+            match r[6].as_str() {
+                Some("play") => assert!((30_000..=270_000).contains(&ms)),
+                Some("skip") => assert!((1_000..30_000).contains(&ms)),
+                _ => assert_eq!(ms, 0),
+            }
+        }
+        // Out-of-order and late events: some event times go backwards, by at most the late delay.
+        let ts: Vec<i64> = rows.iter().filter_map(|r| r[9].as_i64()).collect();
+        let backwards = ts.windows(2).filter(|w| w[1] < w[0]).count();
+        assert!(backwards > 1000, "{backwards} events out of order");
+        assert!(ts.iter().enumerate().all(|(g, &t)| t <= g as i64 * 1_000 && t >= g as i64 * 1_000 - 60_000_000));
+        assert_eq!(schema().lookup("amount").map(|(_, t)| t), Some(DataType::Float));
+    }
+}
