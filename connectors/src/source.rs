@@ -352,3 +352,70 @@ impl Source for StdinSource {
         Poll::Ready
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tenantflow_core::{DataType, Schema};
+
+    /// Every non-blank line of the files is read exactly once, with its own line number,
+    /// whatever the number of workers and wherever the byte ranges cut.
+    fn read_all(paths: &[String], workers: usize) -> Vec<(String, u64, i64)> {
+        let schema = Schema::new(vec![("n".into(), DataType::Int)]);
+        let mut seen = Vec::new();
+        for w in 0..workers {
+            let mut src = FileSource::open(paths, w, workers, JsonDecoder::new(&schema)).expect("open");
+            let mut batch = Batch::new(1);
+            while !matches!(src.poll(&mut batch, 7), Poll::Done) {}
+            assert!(batch.dead.is_empty(), "{:?}", batch.dead);
+            for i in 0..batch.rows() {
+                let (file, line) = batch.position(i);
+                seen.push((file.to_string(), line, batch.values[i].as_i64().unwrap_or(-1)));
+            }
+        }
+        seen.sort();
+        seen
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        #[test]
+        fn splits_read_each_line_once(files in prop::collection::vec(prop::collection::vec((0u8..4, 0usize..40), 0..30), 1..4)) {
+            let dir = std::env::temp_dir().join(format!("tenantflow-split-{}-{:?}", std::process::id(), std::thread::current().id()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let mut paths = Vec::new();
+            let mut expected = Vec::new();
+            for (f, lines) in files.iter().enumerate() {
+                let path = dir.join(format!("{f}.jsonl")).display().to_string();
+                let mut text = String::new();
+                for (i, (kind, pad)) in lines.iter().enumerate() {
+                    let n = (f * 1000 + i) as i64;
+                    match kind {
+                        0 => text.push('\n'),                                             // blank line
+                        1 => text.push_str(&format!("{{\"n\":{n}}}\r\n")),              // CRLF
+                        _ => text.push_str(&format!("{{\"n\":{n}{}}}\n", " ".repeat(*pad))),
+                    }
+                    if *kind != 0 {
+                        expected.push((path.clone(), i as u64 + 1, n));
+                    }
+                }
+                // Sometimes no newline at the end of the file.
+                if lines.len() % 2 == 1 && text.ends_with('\n') && !text.ends_with("\n\n") {
+                    text.pop();
+                    if text.ends_with('\r') {
+                        text.pop();
+                    }
+                }
+                std::fs::write(&path, text).expect("write");
+                paths.push(path);
+            }
+            expected.sort();
+            for workers in 1..=5 {
+                prop_assert_eq!(read_all(&paths, workers), expected.clone(), "workers = {}", workers);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
