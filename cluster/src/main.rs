@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use tenantflow_connectors::kafka::DevCluster;
 use tenantflow_core::plan;
 use tenantflow_engine::{run, RunConfig, RunReport, TenantStats};
 
@@ -70,6 +71,22 @@ enum Command {
         #[command(flatten)]
         args: RunArgs,
     },
+    /// Start a development Kafka cluster (librdkafka's mock brokers on 127.0.0.1) with the given
+    /// topics, print its bootstrap address, write it to a file, and run until stopped.
+    DevKafka {
+        /// Topics to create.
+        #[arg(required = true)]
+        topics: Vec<String>,
+        /// Number of brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Partitions per topic.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        /// Where to write the bootstrap address (jobs can read it with `bootstrap_file`).
+        #[arg(long, default_value = "dev-kafka.bootstrap")]
+        bootstrap_file: PathBuf,
+    },
 }
 
 fn init_logs(format: LogFormat) {
@@ -116,6 +133,22 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             run_text(&name, &text, &args)
         }
         Command::Demo { args } => run_text("jobs/quickstart.toml", QUICKSTART, &args),
+        Command::DevKafka { topics, brokers, partitions, bootstrap_file } => {
+            let cluster = DevCluster::start(brokers, &topics, partitions)?;
+            let bootstrap = cluster.bootstrap_servers();
+            std::fs::write(&bootstrap_file, format!("{bootstrap}\n"))
+                .with_context(|| format!("cannot write {}", bootstrap_file.display()))?;
+            println!("{bootstrap}");
+            eprintln!(
+                "dev-kafka: {brokers} broker(s), topics {} with {partitions} partition(s) each; bootstrap written to {}; stop with Ctrl-C",
+                topics.join(", "),
+                bootstrap_file.display()
+            );
+            // The brokers live in this process; keep it (and them) alive until it is stopped.
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Sources and sinks: where rows enter and leave a job.
+//! Sources and sinks: where rows enter and leave a job (generator, files, stdin, Kafka).
 //!
 //! Sources fill a [`Batch`] of typed rows (bad records become [`DeadLetter`]s, never errors that
 //! stop the job); sinks write finished rows. Each worker owns its own source instance and reads
@@ -6,6 +6,7 @@
 
 pub mod generator;
 pub mod json;
+pub mod kafka;
 pub mod sink;
 pub mod source;
 
@@ -19,6 +20,8 @@ pub enum ConnectorError {
     NoMatch(String),
     #[error("invalid file pattern `{pattern}`: {message}")]
     BadPattern { pattern: String, message: String },
+    #[error("kafka: {0}")]
+    Kafka(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

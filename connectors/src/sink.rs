@@ -25,6 +25,10 @@ impl<W: Write> JsonLines<W> {
         let keys = names.iter().map(|n| serde_json::to_string(n).unwrap_or_else(|_| format!("\"{n}\""))).collect();
         JsonLines { out, keys }
     }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
 }
 
 /// Writes a value as JSON; timestamps as RFC 3339 strings.

@@ -125,6 +125,15 @@ pub enum Poll {
 pub trait Source {
     /// Appends up to `max` records to `batch`.
     fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll;
+
+    /// For sources made of partitions: the lowest largest-event-time over the active ones, so
+    /// one slow partition holds the watermark back (and a finished or idle one does not).
+    fn watermark_hint(&self) -> Option<i64> {
+        None
+    }
+
+    /// Backpressure: stop (or resume) fetching ahead, where the source can.
+    fn pause(&mut self, _paused: bool) {}
 }
 
 /// A source with nothing to read (e.g. workers other than the one reading stdin).

@@ -84,6 +84,47 @@ pub enum SourceSpec {
     },
     /// JSON lines on standard input.
     Stdin,
+    /// JSON records from a Kafka topic.
+    Kafka(KafkaSourceSpec),
+}
+
+/// Where a Kafka cluster is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bootstrap {
+    /// `host:port[,host:port...]`
+    Servers(String),
+    /// A file holding the address, as written by `tenantflow dev-kafka`; read when the job starts.
+    File(String),
+}
+
+impl Bootstrap {
+    pub fn resolve(&self) -> std::io::Result<String> {
+        match self {
+            Bootstrap::Servers(s) => Ok(s.clone()),
+            Bootstrap::File(f) => std::fs::read_to_string(f).map(|s| s.trim().to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSourceSpec {
+    pub bootstrap: Bootstrap,
+    pub topic: String,
+    /// Consumer group (for offset commits and lag tools); partitions are assigned by tenantflow.
+    pub group_id: Option<String>,
+    /// Start at the earliest offset (true) or the latest.
+    pub from_earliest: bool,
+    /// Stop at the end offsets seen at start-up (a bounded run, as for tests and backfills).
+    pub bounded: bool,
+    /// librdkafka properties passed through as they are (e.g. `security.protocol`, `sasl.*`).
+    pub properties: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct KafkaSinkSpec {
+    pub bootstrap: Bootstrap,
+    pub topic: String,
+    pub properties: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +252,8 @@ pub enum SinkSpec {
     Stdout { json: bool },
     /// JSON lines written to a file (created, or truncated, when the job starts writing).
     File { path: String },
+    /// JSON rows to a Kafka topic, keyed by tenant and key fields.
+    Kafka(KafkaSinkSpec),
     /// Drops rows (benchmarks); `delay_per_row` (µs, may be fractional) makes it a slow sink for
     /// backpressure tests.
     Discard { delay_per_row: f64 },
@@ -492,6 +535,17 @@ impl<'t, 'i> T<'t, 'i> {
         }
     }
 
+    fn boolean(&self, cx: &mut Cx, k: &str) -> Option<bool> {
+        let v = self.get(k)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                cx.err(&v.span(), &self.key(k), format!("expected true or false, found {}", type_name(other)));
+                None
+            }
+        }
+    }
+
     fn duration(&self, cx: &mut Cx, k: &str) -> Option<i64> {
         let s = self.string(cx, k)?;
         match time::parse_duration(&s.value) {
@@ -660,8 +714,9 @@ fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
         Gen,
         File,
         Stdin,
+        Kafka,
     }
-    let kind = t.choice(cx, "type", &[("generator", K::Gen), ("file", K::File), ("stdin", K::Stdin)], None)?;
+    let kind = t.choice(cx, "type", &[("generator", K::Gen), ("file", K::File), ("stdin", K::Stdin), ("kafka", K::Kafka)], None)?;
     match kind {
         K::Gen => {
             t.check_keys(
@@ -742,7 +797,65 @@ fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
             t.choice(cx, "format", &[("json", ())], Some(()));
             Some(SourceSpec::Stdin)
         }
+        K::Kafka => {
+            t.check_keys(
+                cx,
+                &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "group_id", "start", "bounded", "properties"],
+            );
+            t.choice(cx, "format", &[("json", ())], Some(()));
+            let bootstrap = read_bootstrap(cx, t)?;
+            let topic = t.required_string(cx, "topic", "the topic to read")?.value;
+            let from_earliest = t.choice(cx, "start", &[("earliest", true), ("latest", false)], Some(true))?;
+            Some(SourceSpec::Kafka(KafkaSourceSpec {
+                bootstrap,
+                topic,
+                group_id: t.string(cx, "group_id").map(|g| g.value),
+                from_earliest,
+                bounded: t.boolean(cx, "bounded").unwrap_or(false),
+                properties: read_properties(cx, t),
+            }))
+        }
     }
+}
+
+fn read_bootstrap(cx: &mut Cx, t: &T) -> Option<Bootstrap> {
+    match (t.string(cx, "bootstrap_servers"), t.string(cx, "bootstrap_file")) {
+        (Some(s), None) => Some(Bootstrap::Servers(s.value)),
+        (None, Some(f)) => Some(Bootstrap::File(f.value)),
+        (Some(_), Some(f)) => {
+            cx.err(&f.span, &f.key, "give either bootstrap_servers or bootstrap_file, not both");
+            None
+        }
+        (None, None) => {
+            if t.get("bootstrap_servers").is_none() && t.get("bootstrap_file").is_none() {
+                t.missing(
+                    cx,
+                    "bootstrap_servers",
+                    "\"host:port[,host:port]\" (or bootstrap_file = a file written by `tenantflow dev-kafka`)",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// `[... .properties]`: librdkafka settings as strings (numbers and booleans are converted).
+fn read_properties(cx: &mut Cx, t: &T) -> Vec<(String, String)> {
+    let Some(p) = t.table(cx, "properties") else { return Vec::new() };
+    let mut out = Vec::new();
+    for (k, v) in p.map.iter() {
+        let value = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            DeValue::Integer(i) => i.as_str().replace('_', ""),
+            DeValue::Boolean(b) => b.to_string(),
+            other => {
+                cx.err(&v.span(), &p.key(k.get_ref()), format!("expected a string, number or boolean, found {}", type_name(other)));
+                continue;
+            }
+        };
+        out.push((k.get_ref().to_string(), value));
+    }
+    out
 }
 
 fn read_schema(cx: &mut Cx, t: &T) -> Option<SchemaSpec> {
@@ -896,9 +1009,17 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
     enum K {
         Stdout,
         File,
+        Kafka,
         Discard,
     }
-    match t.choice(cx, "type", &[("stdout", K::Stdout), ("file", K::File), ("discard", K::Discard)], None)? {
+    match t.choice(cx, "type", &[("stdout", K::Stdout), ("file", K::File), ("kafka", K::Kafka), ("discard", K::Discard)], None)? {
+        K::Kafka => {
+            t.check_keys(cx, &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "properties"]);
+            t.choice(cx, "format", &[("json", ())], Some(()));
+            let bootstrap = read_bootstrap(cx, t)?;
+            let topic = t.required_string(cx, "topic", "the topic to write")?.value;
+            Some(SinkSpec::Kafka(KafkaSinkSpec { bootstrap, topic, properties: read_properties(cx, t) }))
+        }
         K::Stdout => {
             t.check_keys(cx, &["type", "format"]);
             let json = t.choice(cx, "format", &[("table", false), ("json", true)], Some(false))?;

@@ -22,9 +22,10 @@ use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
 
+use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::{DeadLetterWriter, Sink, Source};
-use tenantflow_core::job::{LatePolicy, SinkSpec};
+use tenantflow_core::job::{LatePolicy, SinkSpec, Step};
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
@@ -83,9 +84,11 @@ fn ingest<'s>(
             // Backpressure: run at most `max_lead` of event time ahead of what sinks finished.
             let t = *c.time();
             if probe.with_frontier(|f| f.first().is_some_and(|&done| t > done.saturating_add(max_lead))) {
+                ingest.pause(true);
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
+            ingest.pause(false);
             let status = ingest.step(&mut msgs);
             if !msgs.is_empty() {
                 output.session(&*c).give_iterator(msgs.drain(..));
@@ -179,11 +182,28 @@ fn open_sinks(plan: &Plan, shared: &Shared) -> Vec<Box<dyn Sink>> {
                 Ok(s) => sinks.push(Box::new(s)),
                 Err(e) => shared.error(format!("file sink: {e}")),
             },
+            SinkSpec::Kafka(k) => {
+                // Keyed by tenant and the window's key fields, as far as the output keeps them.
+                let key_names = std::iter::once(plan.spec.schema.tenant.value.as_str()).chain(window_keys(plan));
+                let key_fields = key_names.filter_map(|n| names.iter().position(|m| *m == n)).collect();
+                match KafkaSink::open(k, &names, key_fields) {
+                    Ok(s) => sinks.push(Box::new(s)),
+                    Err(e) => shared.error(format!("kafka sink: {e}")),
+                }
+            }
             SinkSpec::Discard { delay_per_row: 0.0 } => {}
             SinkSpec::Discard { delay_per_row } => sinks.push(Box::new(Discard::new(*delay_per_row))),
         }
     }
     sinks
+}
+
+fn window_keys(plan: &Plan) -> impl Iterator<Item = &str> {
+    plan.spec
+        .steps
+        .iter()
+        .filter_map(|s| if let Step::Window(w) = s { Some(w) } else { None })
+        .flat_map(|w| w.key_by.iter().map(|k| k.value.as_str()))
 }
 
 fn sink<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Shared>) -> Stream<'s, u64, Vec<()>> {

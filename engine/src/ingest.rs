@@ -49,6 +49,9 @@ pub struct Ingest {
     input_names: Vec<String>,
     max_ts: i64,
     watermark: i64,
+    /// The source has partitions with their own event time (Kafka): its watermark is the lowest
+    /// of theirs (`Source::watermark_hint`), not the largest event time seen overall.
+    per_partition: bool,
     tenants: TenantCounts,
     shared: Arc<Shared>,
     local: usize,
@@ -73,12 +76,18 @@ impl Ingest {
             source,
             max_ts: i64::MIN,
             watermark: i64::MIN,
+            per_partition: matches!(plan.spec.source, tenantflow_core::job::SourceSpec::Kafka(_)),
             tenants: TenantCounts::default(),
             shared,
             local,
             idle_since: None,
             plan,
         }
+    }
+
+    /// Backpressure: tells the source to stop (or resume) fetching ahead.
+    pub fn pause(&mut self, paused: bool) {
+        self.source.pause(paused);
     }
 
     /// The source's watermark: event time up to which it will send no more on-time events.
@@ -204,7 +213,7 @@ impl Ingest {
             let wm = self.watermark;
             if ts > self.max_ts {
                 self.max_ts = ts;
-                if event_time {
+                if event_time && !self.per_partition {
                     self.watermark = self.watermark.max(ts.saturating_sub(ooo));
                 }
             }
@@ -248,6 +257,11 @@ impl Ingest {
         self.shared.events_in.fetch_add(rows as u64, Relaxed);
         if late_dropped > 0 {
             self.shared.late_dropped.fetch_add(late_dropped, Relaxed);
+        }
+        if event_time && self.per_partition {
+            if let Some(h) = self.source.watermark_hint() {
+                self.watermark = self.watermark.max(h.saturating_sub(ooo));
+            }
         }
         (status, rows + undecodable)
     }

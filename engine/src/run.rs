@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tenantflow_connectors::generator::Generator;
 use tenantflow_connectors::json::JsonDecoder;
+use tenantflow_connectors::kafka::KafkaSource;
 use tenantflow_connectors::source::{expand, Empty, FileSource, StdinSource};
 use tenantflow_connectors::{ConnectorError, Source};
 use tenantflow_core::job::{SourceSpec, WindowKind};
@@ -109,6 +110,11 @@ fn max_lead(plan: &Plan) -> u64 {
 fn open_source(plan: &Plan, worker: usize, workers: usize) -> Result<Box<dyn Source>, ConnectorError> {
     let decoder = || JsonDecoder::new(&plan.input);
     Ok(match &plan.spec.source {
+        SourceSpec::Kafka(k) => {
+            let time_pos = if plan.event_time() { plan.time_pos } else { None };
+            let idle = plan.spec.time.idle_timeout.map(|us| Duration::from_micros(us as u64));
+            Box::new(KafkaSource::open(k, worker, workers, decoder(), time_pos, idle)?)
+        }
         SourceSpec::Generator(g) => Box::new(Generator::new(g, &plan.input, worker, workers)),
         SourceSpec::File { paths } => Box::new(FileSource::open(paths, worker, workers, decoder())?),
         SourceSpec::Stdin if worker == 0 => Box::new(StdinSource::spawn(decoder())),

@@ -57,7 +57,7 @@ fn bad_jobs_get_exact_errors() {
     let cases: Vec<(String, &str)> = vec![
         (with("events = 100", "events = 100\nspeed = 3"), "job.toml:8:1: `source.speed`: unknown key `speed` (expected one of: type, profile, events, rate, seed, tenants, users, tracks, start_time, event_interval, out_of_order_fraction, max_delay, late_fraction, late_delay, malformed_fraction)"),
         (with("events = 100", "events = \"many\""), "job.toml:7:10: `source.events`: expected an integer, found a string"),
-        (with("type = \"generator\"", "type = \"kafka\""), "job.toml:5:8: `source.type`: unknown value \"kafka\" (expected one of: generator, file, stdin)"),
+        (with("type = \"generator\"", "type = \"pulsar\""), "job.toml:5:8: `source.type`: unknown value \"pulsar\" (expected one of: generator, file, stdin, kafka)"),
         (with("duration_ms = \"int\"", "duration_ms = \"integr\""), "job.toml:15:15: `schema.fields.duration_ms`: unknown type \"integr\" (expected one of: bool, int, float, string, timestamp)"),
         (with("tenant = \"tenant_id\"", "tenant = \"customer\""), "job.toml:10:11: `schema.tenant`: unknown field `customer` (expected one of: tenant_id, event_type, duration_ms, ts)"),
         (with("duration_ms >= 30000", "durations_ms >= 30000"), "job.toml:23:35: `steps[0].filter`: unknown field `durations_ms` (expected one of: tenant_id, event_type, duration_ms, ts)"),
@@ -73,7 +73,7 @@ fn bad_jobs_get_exact_errors() {
         (with("[time]\nfield = \"ts\"", "[time]\nfield = \"event_type\""), "job.toml:19:10: `time.field`: type error: the event-time field must be a timestamp, found string"),
         (with("max_out_of_orderness = \"1s\"", "max_out_of_orderness = \"1s\"\nlate_policy = \"side_output\""), "job.toml:18:1: `time.late_output`: missing key `late_output` in [time] (expected a file path for late events when late_policy = \"side_output\")"),
         (with("name = \"plays\"", "name = \"plays"), "job.toml:2:14: `(syntax)`: invalid TOML: invalid basic string, expected `\"`"),
-        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\npath = \"x\""), "job.toml:29:1: `sinks[0].type`: missing key `type` in [sinks[0]] (expected one of: stdout, file, discard)"),
+        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\npath = \"x\""), "job.toml:29:1: `sinks[0].type`: missing key `type` in [sinks[0]] (expected one of: stdout, file, kafka, discard)"),
     ];
     let mut failures = Vec::new();
     for (i, (job, expected)) in cases.iter().enumerate() {
