@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tenantflow_connectors::kafka::DevCluster;
 use tenantflow_core::plan;
-use tenantflow_engine::{run, RunConfig, RunReport, TenantStats};
+use tenantflow_engine::{run, RestoreFrom, RunConfig, RunReport, TenantStats};
 
 /// The quickstart job, embedded so `tenantflow demo` works from any directory.
 const QUICKSTART: &str = include_str!("../../jobs/quickstart.toml");
@@ -48,6 +48,13 @@ struct RunArgs {
     /// No progress lines and no summary on stderr.
     #[arg(short, long)]
     quiet: bool,
+    /// Continue from a checkpoint: `latest` (the newest complete one in the job's checkpoint
+    /// directory, or a fresh start if there is none) or a checkpoint directory.
+    #[arg(long, value_name = "latest|PATH")]
+    restore: Option<String>,
+    /// Time between checkpoints (overrides `[checkpoint] interval`), e.g. 5s.
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_interval: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -161,12 +168,22 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
         }
     };
     let dead_path = plan.spec.dead_letter_path.clone();
+    let restore = args.restore.as_deref().map(|r| if r == "latest" { RestoreFrom::Latest } else { RestoreFrom::Path(PathBuf::from(r)) });
+    let checkpoint_interval = match args.checkpoint_interval.as_deref() {
+        None => None,
+        Some(d) => match tenantflow_core::time::parse_duration(d) {
+            Some(us) if us > 0 => Some(std::time::Duration::from_micros(us as u64)),
+            _ => anyhow::bail!("--checkpoint-interval: invalid duration \"{d}\" (expected e.g. \"500ms\", \"10s\")"),
+        },
+    };
     let cfg = RunConfig {
         workers: args.workers,
         processes: args.processes,
         process: args.process,
         hostfile: args.hostfile.clone(),
         progress: !args.quiet,
+        restore,
+        checkpoint_interval,
     };
     let report = run(plan, &cfg)?;
     if !args.quiet {

@@ -266,6 +266,18 @@ impl Generator {
 }
 
 impl Source for Generator {
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        crate::source::encode(&(self.next, self.counters))
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        (self.next, self.counters) = crate::source::decode(state)?;
+        // The rate limit restarts from the restore.
+        self.produced = 0;
+        self.started = None;
+        Ok(())
+    }
+
     fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll {
         let mut budget = max as u64;
         if let Some(rate) = self.per_worker_rate {

@@ -201,6 +201,27 @@ impl Source for KafkaSource {
         active.map(|p| p.max_ts).min()
     }
 
+    /// Each partition's next offset and largest event time.
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        let parts: Vec<(i32, i64, i64)> = self.partitions.iter().map(|p| (p.id, p.next, p.max_ts)).collect();
+        crate::source::encode(&parts)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        let parts: Vec<(i32, i64, i64)> = crate::source::decode(state)?;
+        let mut tpl = TopicPartitionList::new();
+        for (id, next, max_ts) in parts {
+            if let Some(p) = self.partitions.iter_mut().find(|p| p.id == id) {
+                p.next = next;
+                p.max_ts = max_ts;
+            }
+        }
+        for p in &self.partitions {
+            tpl.add_partition_offset(&self.spec.topic, p.id, Offset::Offset(p.next)).map_err(|e| e.to_string())?;
+        }
+        self.consumer.assign(&tpl).map_err(|e| format!("kafka: assigning restored offsets: {e}"))
+    }
+
     fn pause(&mut self, paused: bool) {
         if paused == self.paused || self.partitions.is_empty() {
             return;

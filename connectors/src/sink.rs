@@ -12,6 +12,13 @@ use crate::source::DeadLetter;
 pub trait Sink {
     fn write(&mut self, row: &[Value]) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+
+    /// Makes everything written so far durable and returns how far the output goes (bytes for
+    /// files), for a checkpoint; `None` when the output cannot be rolled back (stdout, Kafka).
+    fn checkpoint(&mut self) -> io::Result<Option<u64>> {
+        self.flush()?;
+        Ok(None)
+    }
 }
 
 /// Writes one JSON object per row. Field names are escaped once, up front.
@@ -73,9 +80,50 @@ impl<W: Write> Sink for JsonLines<W> {
     }
 }
 
-/// Creates (truncating) a JSON-lines file, with its parent directories.
-pub fn file_sink(path: &str, names: &[&str]) -> io::Result<JsonLines<BufWriter<File>>> {
-    Ok(JsonLines::new(BufWriter::with_capacity(1 << 16, create(path)?), names))
+/// A JSON-lines file that can be rolled back to a checkpoint: on restore it is cut back to the
+/// length the checkpoint recorded, so rows written after it are written again exactly once.
+pub struct FileSink {
+    out: JsonLines<BufWriter<File>>,
+}
+
+/// Opens a JSON-lines file sink, creating parent directories. `resume` is the length recorded by
+/// a checkpoint (the file is cut to it); without it the file is truncated.
+pub fn file_sink(path: &str, names: &[&str], resume: Option<u64>) -> io::Result<FileSink> {
+    let file = match resume {
+        None => create(path)?,
+        Some(len) => resume_file(path, len)?,
+    };
+    Ok(FileSink { out: JsonLines::new(BufWriter::with_capacity(1 << 16, file), names) })
+}
+
+fn resume_file(path: &str, len: u64) -> io::Result<File> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    f.set_len(len)?;
+    f.seek(SeekFrom::Start(len))?;
+    Ok(f)
+}
+
+impl Sink for FileSink {
+    fn write(&mut self, row: &[Value]) -> io::Result<()> {
+        self.out.write(row)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn checkpoint(&mut self) -> io::Result<Option<u64>> {
+        self.out.flush()?;
+        let file = self.out.get_mut().get_mut();
+        file.sync_data()?;
+        Ok(Some(file.metadata()?.len()))
+    }
 }
 
 fn create(path: &str) -> io::Result<File> {
@@ -219,5 +267,29 @@ impl DeadLetterWriter {
             Some(o) => o.flush(),
             None => Ok(()),
         }
+    }
+
+    /// Durable length of the file so far, for a checkpoint (0 when nothing was written).
+    pub fn checkpoint(&mut self) -> io::Result<u64> {
+        match self.out.as_mut() {
+            Some(o) => {
+                o.flush()?;
+                o.get_ref().sync_data()?;
+                Ok(o.get_ref().metadata()?.len())
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Continues the file of a checkpoint, cut back to `len` bytes.
+    pub fn resume(&mut self, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+        }
+        self.out = Some(BufWriter::new(resume_file(&self.path, len)?));
+        Ok(())
     }
 }

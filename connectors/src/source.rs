@@ -134,6 +134,24 @@ pub trait Source {
 
     /// Backpressure: stop (or resume) fetching ahead, where the source can.
     fn pause(&mut self, _paused: bool) {}
+
+    /// The read position, for a checkpoint; `None` when the source cannot be replayed.
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Continues from a position `checkpoint` returned.
+    fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
+        Err("this source cannot be restored from a checkpoint".into())
+    }
+}
+
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Option<Vec<u8>> {
+    bincode::serialize(value).ok()
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::deserialize(bytes).map_err(|e| format!("bad source position in checkpoint: {e}"))
 }
 
 /// A source with nothing to read (e.g. workers other than the one reading stdin).
@@ -142,6 +160,14 @@ pub struct Empty;
 impl Source for Empty {
     fn poll(&mut self, _: &mut Batch, _: usize) -> Poll {
         Poll::Done
+    }
+
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        Some(Vec::new())
+    }
+
+    fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -160,14 +186,18 @@ pub fn expand(patterns: &[String]) -> Result<Vec<PathBuf>, ConnectorError> {
     Ok(files)
 }
 
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 struct Split {
     path: PathBuf,
     start: u64,
     end: u64,
+    /// Set when `start` is known to begin a line (a restored position): its line number.
+    line: Option<u64>,
 }
 
 struct OpenSplit {
     name: String,
+    path: PathBuf,
     reader: BufReader<File>,
     /// Offset of the next unread byte.
     pos: u64,
@@ -201,7 +231,7 @@ impl FileSource {
         for (f, len) in files.into_iter().zip(sizes) {
             let (s, e) = (lo.max(offset), hi.min(offset + len));
             if s < e {
-                splits.push(Split { path: f, start: s - offset, end: e - offset });
+                splits.push(Split { path: f, start: s - offset, end: e - offset, line: None });
             }
             offset += len;
         }
@@ -214,6 +244,12 @@ impl FileSource {
         let name = split.path.display().to_string();
         let wrap = |e| (name.clone(), e);
         let mut file = File::open(&split.path).map_err(wrap)?;
+        if let Some(line) = split.line {
+            file.seek(SeekFrom::Start(split.start)).map_err(wrap)?;
+            let reader = BufReader::with_capacity(1 << 20, file);
+            self.open = Some(OpenSplit { name, path: split.path, reader, pos: split.start, end: split.end, line });
+            return Ok(true);
+        }
         // Line numbers: count the newlines before the split (fast, and only once per split).
         let mut line = 1;
         if split.start > 0 {
@@ -240,12 +276,27 @@ impl FileSource {
                 line += 1;
             }
         }
-        self.open = Some(OpenSplit { name, reader, pos, end: split.end, line });
+        self.open = Some(OpenSplit { name, path: split.path, reader, pos, end: split.end, line });
         Ok(true)
     }
 }
 
 impl Source for FileSource {
+    /// The splits still to read, the open one from its next line.
+    fn checkpoint(&self) -> Option<Vec<u8>> {
+        let mut splits = self.splits.clone();
+        if let Some(open) = &self.open {
+            splits.push(Split { path: open.path.clone(), start: open.pos, end: open.end, line: Some(open.line) });
+        }
+        encode(&splits)
+    }
+
+    fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+        self.splits = decode(state)?;
+        self.open = None;
+        Ok(())
+    }
+
     fn poll(&mut self, batch: &mut Batch, max: usize) -> Poll {
         let mut n = 0;
         while n < max {

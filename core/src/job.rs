@@ -73,6 +73,18 @@ pub struct JobSpec {
     pub sinks: Vec<SinkSpec>,
     pub dead_letter_path: String,
     pub runtime: RuntimeSpec,
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// Periodic checkpoints (`[checkpoint]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointSpec {
+    /// Directory holding one sub-directory per checkpoint.
+    pub dir: String,
+    /// Wall-clock time between checkpoints (µs).
+    pub interval: i64,
+    /// Completed checkpoints to keep.
+    pub retain: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -649,7 +661,7 @@ impl<'t, 'i> T<'t, 'i> {
 }
 
 fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
-    root.check_keys(cx, &["name", "description", "source", "schema", "time", "steps", "sinks", "dead_letter", "runtime"]);
+    root.check_keys(cx, &["name", "description", "source", "schema", "time", "steps", "sinks", "dead_letter", "runtime", "checkpoint"]);
     let name = root
         .string(cx, "name")
         .map(|s| s.value)
@@ -705,7 +717,16 @@ fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
         }
         None => RuntimeSpec { batch_size: 16_384, max_lead: None },
     };
-    Some(JobSpec { name, source: source?, schema: schema?, time: time?, steps, sinks, dead_letter_path, runtime })
+    let checkpoint = root.table(cx, "checkpoint").and_then(|t| {
+        t.check_keys(cx, &["dir", "interval", "retain"]);
+        let dir = t.required_string(cx, "dir", "the checkpoint directory, e.g. \"checkpoints/plays\"")?.value;
+        let interval = match t.get("interval") {
+            Some(_) => t.positive_duration(cx, "interval", "a duration")?,
+            None => 10 * time::MICROS_PER_SEC,
+        };
+        Some(CheckpointSpec { dir, interval, retain: t.int(cx, "retain", 1).unwrap_or(3) as usize })
+    });
+    Some(JobSpec { name, source: source?, schema: schema?, time: time?, steps, sinks, dead_letter_path, runtime, checkpoint })
 }
 
 fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {

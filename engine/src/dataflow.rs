@@ -9,10 +9,11 @@
 //! its watermark, so an operator's input frontier is the job's watermark and a window fires
 //! when the frontier reaches its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -24,17 +25,19 @@ use timely::worker::Worker;
 
 use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
+use tenantflow_connectors::source::Empty;
 use tenantflow_connectors::{DeadLetterWriter, Sink, Source};
 use tenantflow_core::job::{LatePolicy, SinkSpec, Step};
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
 
+use crate::checkpoint::{self, Restore};
 use crate::ingest::{Ingest, Status};
 use crate::stats::{Shared, TenantCounts};
-use crate::Msg;
+use crate::{Envelope, Msg};
 
-type Out = CapacityContainerBuilder<Vec<Msg>>;
+type Out = CapacityContainerBuilder<Vec<Envelope>>;
 
 /// Event time (µs, signed) as a Timely timestamp: flipping the sign bit keeps the order, so
 /// times before 1970 work and `i64::MIN` ("nothing yet") is Timely's minimum, 0.
@@ -46,6 +49,35 @@ pub fn from_time(t: u64) -> i64 {
     (t ^ (1 << 63)) as i64
 }
 
+/// Checkpoint settings of a run, shared by every worker of a process.
+pub struct Checkpointing {
+    pub root: PathBuf,
+    pub interval: Duration,
+    pub retain: usize,
+    /// Total workers (all processes).
+    pub workers: usize,
+    pub job: String,
+    /// The checkpoint this run continues from.
+    pub restore: Option<Restore>,
+}
+
+impl Checkpointing {
+    fn first_epoch(&self) -> u64 {
+        self.restore.as_ref().map_or(0, |r| r.manifest.epoch)
+    }
+
+    fn restored_part(&self, name: &str, shared: &Shared) -> Option<Vec<u8>> {
+        let r = self.restore.as_ref()?;
+        match r.read_part(name) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                shared.error(format!("restore: {e}"));
+                None
+            }
+        }
+    }
+}
+
 /// Builds the job's dataflow on this worker; returns the probe that tells when sinks are done.
 pub fn build(
     worker: &mut Worker,
@@ -54,17 +86,19 @@ pub fn build(
     shared: Arc<Shared>,
     local: usize,
     max_lead: u64,
+    ckpt: Option<Arc<Checkpointing>>,
 ) -> ProbeHandle<u64> {
     let probe = ProbeHandle::new();
     let probe_for_source = probe.clone();
     worker.dataflow::<u64, _, _>(|scope| {
-        let ingested = ingest(scope, Arc::clone(&plan), source, Arc::clone(&shared), local, probe_for_source, max_lead);
-        let windowed = window(ingested, Arc::clone(&plan), Arc::clone(&shared));
-        sink(windowed, plan, shared).probe_with(&probe);
+        let ingested = ingest(scope, Arc::clone(&plan), source, Arc::clone(&shared), local, probe_for_source, max_lead, ckpt.clone());
+        let windowed = window(ingested, Arc::clone(&plan), Arc::clone(&shared), ckpt.clone());
+        sink(windowed, plan, shared, ckpt).probe_with(&probe);
     });
     probe
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ingest<'s>(
     scope: Scope<'s, u64>,
     plan: Arc<Plan>,
@@ -73,12 +107,23 @@ fn ingest<'s>(
     local: usize,
     probe: ProbeHandle<u64>,
     max_lead: u64,
-) -> Stream<'s, u64, Vec<Msg>> {
+    ckpt: Option<Arc<Checkpointing>>,
+) -> Stream<'s, u64, Vec<Envelope>> {
+    let (me, peers) = (scope.index() as u32, scope.peers() as u32);
     source::<_, Out, _, _>(scope, "Ingest", move |cap, info| {
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
+        let finished = ckpt.as_ref().and_then(|c| c.restore.as_ref()).is_some_and(|r| r.manifest.finished_sources.contains(&me));
+        let src: Box<dyn Source> = if finished { Box::new(Empty) } else { src };
         let mut ingest = Ingest::new(plan, src, Arc::clone(&shared), local);
-        let mut msgs = Vec::new();
+        if let Some(bytes) = ckpt.as_ref().filter(|_| !finished).and_then(|c| c.restored_part(&format!("ingest-{me}"), &shared)) {
+            if let Err(e) = ingest.restore(&bytes) {
+                shared.error(format!("restore ingest-{me}: {e}"));
+            }
+        }
+        let mut epoch = ckpt.as_ref().map_or(0, |c| c.first_epoch());
+        let mut next_checkpoint = ckpt.as_ref().map(|c| Instant::now() + c.interval);
+        let mut msgs: Vec<Envelope> = Vec::new();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
             // Backpressure: run at most `max_lead` of event time ahead of what sinks finished.
@@ -89,7 +134,25 @@ fn ingest<'s>(
                 return;
             }
             ingest.pause(false);
-            let status = ingest.step(&mut msgs);
+            let mut batch = Vec::new();
+            let status = ingest.step(&mut batch);
+            msgs.extend(batch.into_iter().map(|m| (me, m)));
+            // A checkpoint: record where the source is, then put a barrier behind everything it
+            // sent so far, on every channel.
+            if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
+                if Instant::now() >= at && !matches!(status, Status::Done) {
+                    epoch += 1;
+                    next_checkpoint = Some(Instant::now() + ck.interval);
+                    match ingest.snapshot().map(|state| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &state)) {
+                        Some(Ok(())) => msgs.extend((0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }))),
+                        Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
+                        None => shared.error("checkpoint: the source cannot be replayed".into()),
+                    }
+                }
+            }
+            if matches!(status, Status::Done) {
+                msgs.extend((0..peers).map(|to| (me, Msg::End { to })));
+            }
             if !msgs.is_empty() {
                 output.session(&*c).give_iterator(msgs.drain(..));
             }
@@ -106,16 +169,104 @@ fn ingest<'s>(
     })
 }
 
-fn route(m: &Msg) -> u64 {
-    match m {
+fn route(m: &Envelope) -> u64 {
+    match &m.1 {
         Msg::Partial(p) => p.hash,
+        Msg::Barrier { to, .. } | Msg::End { to } => *to as u64,
         // Everything else goes straight to the sinks on worker 0.
         _ => 0,
     }
 }
 
-fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Shared>) -> Stream<'s, u64, Vec<Msg>> {
-    input.unary_frontier::<Out, _, _, _>(Exchange::new(route), "Window", move |_cap, _info| {
+/// Barrier alignment (as in Flink): once a sender's barrier for an epoch has arrived, its later
+/// messages wait until every sender's barrier has, so the snapshot holds exactly what came
+/// before the barriers. Senders whose source ended count as aligned.
+struct Aligner {
+    arrived: Vec<bool>,
+    ended: Vec<bool>,
+    epoch: Option<u64>,
+    finished: Vec<u32>,
+    stash: VecDeque<(Capability<u64>, Envelope)>,
+}
+
+impl Aligner {
+    fn new(senders: usize) -> Aligner {
+        Aligner { arrived: vec![false; senders], ended: vec![false; senders], epoch: None, finished: Vec::new(), stash: VecDeque::new() }
+    }
+
+    fn blocked(&self, from: u32) -> bool {
+        self.epoch.is_some() && self.arrived.get(from as usize).copied().unwrap_or(false)
+    }
+
+    /// Takes a barrier or an end marker; returns the epoch when it completes the alignment.
+    fn mark(&mut self, from: u32, msg: &Msg) -> Option<u64> {
+        match msg {
+            Msg::Barrier { epoch, finished, .. } => {
+                self.epoch = Some(*epoch);
+                if let Some(a) = self.arrived.get_mut(from as usize) {
+                    *a = true;
+                }
+                self.finished.extend(finished);
+            }
+            Msg::End { .. } => {
+                if let Some(e) = self.ended.get_mut(from as usize) {
+                    *e = true;
+                }
+                self.finished.push(from);
+            }
+            _ => return None,
+        }
+        let done = self.arrived.iter().zip(&self.ended).all(|(a, e)| *a || *e);
+        match self.epoch {
+            Some(epoch) if done => {
+                self.epoch = None;
+                self.arrived.fill(false);
+                Some(epoch)
+            }
+            _ => None,
+        }
+    }
+
+    fn finished(&mut self) -> Vec<u32> {
+        self.finished.sort_unstable();
+        self.finished.dedup();
+        self.finished.clone()
+    }
+}
+
+/// Feeds a message, or whatever the aligner releases, to `handle` in arrival order.
+fn drive<F>(aligner: &mut Aligner, queue: &mut VecDeque<(Capability<u64>, Envelope)>, mut handle: F)
+where
+    F: FnMut(&Capability<u64>, u32, Msg, Option<(u64, Vec<u32>)>),
+{
+    while let Some((cap, (from, msg))) = queue.pop_front() {
+        if aligner.blocked(from) {
+            aligner.stash.push_back((cap, (from, msg)));
+            continue;
+        }
+        if matches!(msg, Msg::Barrier { .. } | Msg::End { .. }) {
+            if let Some(epoch) = aligner.mark(from, &msg) {
+                let finished = aligner.finished();
+                handle(&cap, from, msg, Some((epoch, finished)));
+                // What waited behind the barriers goes first, in its order.
+                for item in std::mem::take(&mut aligner.stash).into_iter().rev() {
+                    queue.push_front(item);
+                }
+            }
+            continue;
+        }
+        handle(&cap, from, msg, None);
+    }
+}
+
+fn window<'s>(
+    input: Stream<'s, u64, Vec<Envelope>>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    ckpt: Option<Arc<Checkpointing>>,
+) -> Stream<'s, u64, Vec<Envelope>> {
+    let (me, peers) = (input.scope().index() as u32, input.scope().peers());
+    input.unary_frontier::<Out, _, _, _>(Exchange::new(route), "Window", move |initial, _info| {
         let w = plan.window.clone();
         // Fired windows are kept for late updates only under the `update` policy.
         let lateness = if plan.spec.time.late_policy == LatePolicy::Update { plan.spec.time.allowed_lateness } else { 0 };
@@ -125,19 +276,47 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
         let out_pos: Vec<usize> = plan.output.positions().to_vec();
         let out_width = plan.out_width;
         let mut caps: BTreeMap<i64, Capability<u64>> = BTreeMap::new();
+        // A restored store needs capabilities for the results it still owes.
+        if let (Some(store), Some(bytes)) = (store.as_mut(), ckpt.as_ref().and_then(|c| c.restored_part(&format!("window-{me}"), &shared)))
+        {
+            match bincode::deserialize(&bytes) {
+                Ok(snapshot) => {
+                    for at in store.restore(snapshot) {
+                        caps.insert(at, initial.delayed(&to_time(at)));
+                    }
+                }
+                Err(e) => shared.error(format!("restore window-{me}: {e}")),
+            }
+        }
+        drop(initial);
+        let mut aligner = Aligner::new(peers);
+        let mut queue = VecDeque::new();
         move |(input, frontier), output| {
-            input.for_each_stamp(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                for batch in data {
-                    for msg in batch.drain(..) {
-                        match (msg, store.as_mut()) {
-                            (Msg::Partial(p), Some(store)) => {
-                                let at = store.insert(p, from_time(t));
-                                caps.entry(at).or_insert_with(|| cap.delayed(&to_time(at), 0));
-                            }
-                            (other, _) => output.session(&cap).give(other),
+            // Arrival order matters for alignment: `for_each`, not `for_each_stamp`.
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                queue.extend(data.drain(..).map(|m| (cap.clone(), m)));
+            });
+            drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
+                if let Some((epoch, finished)) = barrier {
+                    if let Some(ck) = ckpt.as_ref() {
+                        let state = store.as_ref().map(|s| bincode::serialize(&s.snapshot())).transpose();
+                        let written = state
+                            .map_err(std::io::Error::other)
+                            .and_then(|s| checkpoint::write_part(&ck.root, epoch, &format!("window-{me}"), &s.unwrap_or_default()));
+                        if let Err(e) = written {
+                            shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
                         }
                     }
+                    output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished }));
+                    return;
+                }
+                match (msg, store.as_mut()) {
+                    (Msg::Partial(p), Some(store)) => {
+                        let at = store.insert(p, from_time(*cap.time()));
+                        caps.entry(at).or_insert_with(|| cap.delayed(&to_time(at)));
+                    }
+                    (other, _) => output.session(cap).give((me, other)),
                 }
             });
             let (Some(store), Some(aggs)) = (store.as_mut(), aggs.as_ref()) else { return };
@@ -147,7 +326,7 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
             }
             let mut fired = 0;
             store.fire(upto, |at, f| {
-                // `insert` made a capability for every time `fire` can emit at.
+                // `insert` (or a restore) made a capability for every time `fire` can emit at.
                 let Some(cap) = caps.get(&at) else {
                     debug_assert!(false, "no capability for window output at {at}");
                     return;
@@ -161,7 +340,7 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
                 fired += 1;
                 if post.iter().all(|s| s.apply(&mut row)) {
                     let projected = out_pos.iter().map(|&p| std::mem::take(&mut row[p])).collect();
-                    output.session(cap).give(Msg::Row(projected));
+                    output.session(cap).give((me, Msg::Row(projected)));
                 }
             });
             shared.windows_fired.fetch_add(fired, Relaxed);
@@ -171,14 +350,15 @@ fn window<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Sha
     })
 }
 
-fn open_sinks(plan: &Plan, shared: &Shared) -> Vec<Box<dyn Sink>> {
+/// Opens the job's sinks; `resume` holds each sink's checkpointed output length when restoring.
+fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>) -> Vec<Box<dyn Sink>> {
     let names = plan.output.names();
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    for spec in &plan.spec.sinks {
+    for (i, spec) in plan.spec.sinks.iter().enumerate() {
         match spec {
             SinkSpec::Stdout { json: false } => sinks.push(Box::new(Table::new(std::io::stdout(), plan.output.fields()))),
             SinkSpec::Stdout { json: true } => sinks.push(Box::new(JsonLines::new(std::io::stdout(), &names))),
-            SinkSpec::File { path } => match file_sink(path, &names) {
+            SinkSpec::File { path } => match file_sink(path, &names, resume.and_then(|r| r.get(i).copied().flatten())) {
                 Ok(s) => sinks.push(Box::new(s)),
                 Err(e) => shared.error(format!("file sink: {e}")),
             },
@@ -206,26 +386,65 @@ fn window_keys(plan: &Plan) -> impl Iterator<Item = &str> {
         .flat_map(|w| w.key_by.iter().map(|k| k.value.as_str()))
 }
 
-fn sink<'s>(input: Stream<'s, u64, Vec<Msg>>, plan: Arc<Plan>, shared: Arc<Shared>) -> Stream<'s, u64, Vec<()>> {
-    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Msg| 0), "Sink", move |_cap, _info| {
-        // Only worker 0 receives data; the others never open files.
-        let mut state: Option<SinkState> = None;
+/// Worker 0's sink state in a checkpoint: rows waiting for their timestamp, and how far each
+/// rollback-able output had been written.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SinkSnapshot {
+    pending: Vec<(u64, Vec<Msg>)>,
+    sinks: Vec<Option<u64>>,
+    dead_letters: u64,
+    late: Option<u64>,
+}
+
+fn sink<'s>(
+    input: Stream<'s, u64, Vec<Envelope>>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    ckpt: Option<Arc<Checkpointing>>,
+) -> Stream<'s, u64, Vec<()>> {
+    let (me, peers) = (input.scope().index(), input.scope().peers());
+    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Envelope| 0), "Sink", move |_cap, _info| {
         let tenant_out = plan.output.lookup(&plan.spec.schema.tenant.value).map(|(p, _)| p);
         let tenant_out = tenant_out.and_then(|p| plan.output.positions().iter().position(|&q| q == p));
         let mut pending: BTreeMap<u64, Vec<Msg>> = BTreeMap::new();
-        move |(input, frontier), _output| {
-            input.for_each_stamp(|cap, data| {
-                let Some(&t) = cap.least() else { return };
-                let slot = pending.entry(t).or_default();
-                for batch in data {
-                    slot.append(batch);
+        // Only worker 0 writes; it opens its outputs up front (cut back to the checkpoint when
+        // restoring, so rows written after it are written again exactly once).
+        let mut state: Option<SinkState> = None;
+        if me == 0 {
+            let restored = ckpt.as_ref().and_then(|c| c.restored_part("sink-0", &shared)).and_then(|bytes| {
+                bincode::deserialize::<SinkSnapshot>(&bytes).map_err(|e| shared.error(format!("restore sink-0: {e}"))).ok()
+            });
+            let mut st = SinkState::new(&plan, &shared, restored.as_ref());
+            if let Some(snap) = restored {
+                pending.extend(snap.pending);
+                if let Err(e) = st.dead.resume(snap.dead_letters) {
+                    shared.error(format!("restore dead letters: {e}"));
                 }
+            }
+            state = Some(st);
+        }
+        let mut aligner = Aligner::new(peers);
+        let mut queue = VecDeque::new();
+        move |(input, frontier), _output| {
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                queue.extend(data.drain(..).map(|m| (cap.clone(), m)));
+            });
+            drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| match barrier {
+                Some((epoch, finished)) => {
+                    if let (Some(ck), Some(st)) = (ckpt.as_ref(), state.as_mut()) {
+                        if let Err(e) = st.checkpoint(ck, epoch, finished, &pending) {
+                            shared.error(format!("checkpoint {epoch}: {e}"));
+                        }
+                    }
+                }
+                None => pending.entry(*cap.time()).or_default().push(msg),
             });
             let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t)).collect();
             if ready.is_empty() {
                 return;
             }
-            let st = state.get_or_insert_with(|| SinkState::new(&plan, &shared));
+            let Some(st) = state.as_mut() else { return };
             for t in ready {
                 let Some(msgs) = pending.remove(&t) else { continue };
                 st.write_time(msgs, tenant_out, &shared);
@@ -246,10 +465,10 @@ struct SinkState {
 }
 
 impl SinkState {
-    fn new(plan: &Plan, shared: &Arc<Shared>) -> SinkState {
+    fn new(plan: &Plan, shared: &Arc<Shared>, restored: Option<&SinkSnapshot>) -> SinkState {
         let late = plan.spec.time.late_output.as_ref().filter(|_| plan.spec.time.late_policy == LatePolicy::SideOutput).and_then(|path| {
             let names = plan.input.names();
-            match file_sink(path, &names) {
+            match file_sink(path, &names, restored.and_then(|r| r.late)) {
                 Ok(s) => Some(Box::new(s) as Box<dyn Sink>),
                 Err(e) => {
                     shared.error(format!("late output: {e}"));
@@ -258,7 +477,7 @@ impl SinkState {
             }
         });
         SinkState {
-            sinks: open_sinks(plan, shared),
+            sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice())),
             dead: DeadLetterWriter::new(&plan.spec.dead_letter_path),
             late,
             tenants: TenantCounts::default(),
@@ -278,7 +497,7 @@ impl SinkState {
                 Msg::Row(r) => rows.push(r),
                 Msg::Dead(d) => dead.push(d),
                 Msg::Late(r) => late.push(r),
-                Msg::Partial(_) => {}
+                Msg::Partial(_) | Msg::Barrier { .. } | Msg::End { .. } => {}
             }
         }
         rows.sort_unstable();
@@ -312,6 +531,39 @@ impl SinkState {
                 }
             }
         }
+    }
+
+    /// Completes checkpoint `epoch`: makes the outputs durable, writes this state, and commits
+    /// the checkpoint with its manifest (every other part was written before its barrier left).
+    fn checkpoint(&mut self, ck: &Checkpointing, epoch: u64, finished: Vec<u32>, pending: &BTreeMap<u64, Vec<Msg>>) -> std::io::Result<()> {
+        let sinks = self.sinks.iter_mut().map(|s| s.checkpoint()).collect::<std::io::Result<Vec<_>>>()?;
+        let late = match self.late.as_mut() {
+            Some(l) => l.checkpoint()?,
+            None => None,
+        };
+        let snapshot = SinkSnapshot {
+            pending: pending.iter().map(|(t, m)| (*t, m.clone())).collect(),
+            sinks,
+            dead_letters: self.dead.checkpoint()?,
+            late,
+        };
+        let bytes = bincode::serialize(&snapshot).map_err(std::io::Error::other)?;
+        checkpoint::write_part(&ck.root, epoch, "sink-0", &bytes)?;
+        let mut parts: Vec<String> = (0..ck.workers as u32).filter(|w| !finished.contains(w)).map(|w| format!("ingest-{w}")).collect();
+        parts.extend((0..ck.workers).map(|w| format!("window-{w}")));
+        parts.push("sink-0".into());
+        let manifest = checkpoint::Manifest {
+            format_version: checkpoint::FORMAT_VERSION,
+            job: ck.job.clone(),
+            epoch,
+            workers: ck.workers,
+            finished_sources: finished,
+            parts,
+            created_unix_ms: time::now_micros() / 1000,
+        };
+        checkpoint::commit(&ck.root, &manifest, ck.retain)?;
+        tracing::info!(job = %ck.job, epoch, "checkpointed");
+        Ok(())
     }
 
     fn flush(&mut self, shared: &Shared) {

@@ -37,6 +37,13 @@ pub enum Status {
     Done,
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct IngestState {
+    source: Vec<u8>,
+    max_ts: i64,
+    watermark: i64,
+}
+
 pub struct Ingest {
     source: Box<dyn Source>,
     batch: Batch,
@@ -83,6 +90,21 @@ impl Ingest {
             idle_since: None,
             plan,
         }
+    }
+
+    /// This operator's state for a checkpoint: the source position and the watermark. (The
+    /// pre-aggregator is empty between steps.) `None` when the source cannot be replayed.
+    pub fn snapshot(&self) -> Option<Vec<u8>> {
+        let state = IngestState { source: self.source.checkpoint()?, max_ts: self.max_ts, watermark: self.watermark };
+        bincode::serialize(&state).ok()
+    }
+
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let state: IngestState = bincode::deserialize(bytes).map_err(|e| format!("bad ingest state: {e}"))?;
+        self.source.restore(&state.source)?;
+        self.max_ts = state.max_ts;
+        self.watermark = state.watermark;
+        Ok(())
     }
 
     /// Backpressure: tells the source to stop (or resume) fetching ahead.

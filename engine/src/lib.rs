@@ -5,6 +5,7 @@
 //! exchange by (tenant, key) -> [`dataflow`]'s window operator (merge, fire on the frontier) ->
 //! exchange to worker 0 -> sink operator (file/stdout writers, dead letters, late output).
 
+pub mod checkpoint;
 pub mod dataflow;
 pub mod ingest;
 pub mod run;
@@ -15,7 +16,7 @@ use tenantflow_connectors::DeadLetter;
 use tenantflow_core::Value;
 use tenantflow_operators::Partial;
 
-pub use run::{run, EngineError, RunConfig};
+pub use run::{run, EngineError, RestoreFrom, RunConfig};
 pub use stats::{RunReport, TenantStats};
 pub use tenantflow_core::Plan;
 
@@ -30,4 +31,12 @@ pub enum Msg {
     Dead(DeadLetter),
     /// A late event's declared fields (late policy `side_output`).
     Late(Vec<Value>),
+    /// Checkpoint barrier `epoch`, sent by every sender to every receiver `to`. Sources whose
+    /// input ended before it are listed in `finished`.
+    Barrier { epoch: u64, to: u32, finished: Vec<u32> },
+    /// The sender's source is exhausted: it will send no more barriers.
+    End { to: u32 },
 }
+
+/// A message with the index of the worker that sent it (barrier alignment needs to know).
+pub type Envelope = (u32, Msg);

@@ -16,7 +16,8 @@ use tenantflow_connectors::{ConnectorError, Source};
 use tenantflow_core::job::{SourceSpec, WindowKind};
 use tenantflow_core::{time, Plan};
 
-use crate::dataflow::{build, fmt_watermark};
+use crate::checkpoint::{self, CheckpointError};
+use crate::dataflow::{build, fmt_watermark, Checkpointing};
 use crate::stats::{RunReport, Shared};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,8 @@ pub enum EngineError {
     Worker(String),
     #[error("the job failed: {}", .0.join("; "))]
     Failed(Vec<String>),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
 }
 
 /// How to run a job.
@@ -46,12 +49,64 @@ pub struct RunConfig {
     pub hostfile: Option<PathBuf>,
     /// Print progress lines to stderr once a second.
     pub progress: bool,
+    /// Continue from a checkpoint.
+    pub restore: Option<RestoreFrom>,
+    /// Overrides the job's `[checkpoint] interval`.
+    pub checkpoint_interval: Option<Duration>,
+}
+
+/// Which checkpoint to continue from.
+#[derive(Clone, Debug)]
+pub enum RestoreFrom {
+    /// The newest complete one (a fresh start when there is none yet).
+    Latest,
+    /// A checkpoint directory (`.../epoch-000042`).
+    Path(PathBuf),
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { workers: 1, processes: 1, process: 0, hostfile: None, progress: false }
+        RunConfig { workers: 1, processes: 1, process: 0, hostfile: None, progress: false, restore: None, checkpoint_interval: None }
     }
+}
+
+/// Checkpoint settings and the checkpoint to restore, checked before any worker starts.
+fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, EngineError> {
+    let Some(spec) = plan.spec.checkpoint.as_ref() else {
+        if cfg.restore.is_some() || cfg.checkpoint_interval.is_some() {
+            return Err(EngineError::Config("checkpoints need a [checkpoint] table with `dir` in the job".into()));
+        }
+        return Ok(None);
+    };
+    if matches!(plan.spec.source, SourceSpec::Stdin) {
+        return Err(EngineError::Config("checkpoints need a source that can be replayed; stdin cannot".into()));
+    }
+    let root = PathBuf::from(&spec.dir);
+    let workers = cfg.workers * cfg.processes.max(1);
+    let restore = match &cfg.restore {
+        None => None,
+        Some(RestoreFrom::Path(p)) => Some(checkpoint::open(p)?),
+        Some(RestoreFrom::Latest) => match checkpoint::latest(&root, |e| tracing::warn!("skipping checkpoint: {e}")) {
+            Ok(r) => Some(r),
+            Err(CheckpointError::NoneFound(dir)) => {
+                tracing::warn!("no checkpoint in {dir} yet: starting from the beginning");
+                None
+            }
+            Err(e) => return Err(e.into()),
+        },
+    };
+    if let Some(r) = &restore {
+        if r.manifest.workers != workers {
+            return Err(EngineError::Config(format!(
+                "checkpoint {} was taken with {} workers; restore it with the same number (this run has {workers})",
+                r.dir.display(),
+                r.manifest.workers
+            )));
+        }
+        tracing::info!(job = %plan.spec.name, epoch = r.manifest.epoch, "restored");
+    }
+    let interval = cfg.checkpoint_interval.unwrap_or(Duration::from_micros(spec.interval as u64));
+    Ok(Some(Checkpointing { root, interval, retain: spec.retain, workers, job: plan.spec.name.clone(), restore }))
 }
 
 fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
@@ -128,7 +183,9 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
         expand(paths)?;
     }
     let config = timely_config(cfg)?;
-    if cfg.process == 0 {
+    let ckpt = checkpointing(&plan, cfg)?.map(Arc::new);
+    let restoring = ckpt.as_ref().is_some_and(|c| c.restore.is_some());
+    if cfg.process == 0 && !restoring {
         // Dead letters are written only if there are any: do not leave a previous run's file behind.
         match std::fs::remove_file(&plan.spec.dead_letter_path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -156,7 +213,7 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
                 Box::new(Empty)
             }
         };
-        let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead);
+        let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead, ckpt.clone());
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
         }

@@ -203,6 +203,7 @@ impl PreAggregator {
     }
 }
 
+#[derive(Serialize, Deserialize)]
 struct Window {
     start: i64,
     end: i64,
@@ -215,6 +216,7 @@ struct Window {
     due: i64,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Group {
     hash: u64,
     key: Vec<Value>,
@@ -363,8 +365,56 @@ impl WindowStore {
         }
     }
 
+    /// The store's state, for a checkpoint.
+    pub fn snapshot(&self) -> StoreSnapshot {
+        let groups =
+            self.groups.iter().filter(|g| !g.key.is_empty()).map(|g| (g.hash, g.key.clone(), snapshot_windows(&g.windows))).collect();
+        StoreSnapshot { groups }
+    }
+
+    /// Replaces the state with a checkpoint's; returns the due times the caller must hold
+    /// capabilities for.
+    pub fn restore(&mut self, snapshot: StoreSnapshot) -> Vec<i64> {
+        self.index = HashTable::new();
+        self.groups.clear();
+        self.free.clear();
+        self.timers.clear();
+        let mut due = Vec::new();
+        for (hash, key, windows) in snapshot.groups {
+            let gi = self.groups.len();
+            for w in &windows {
+                if !w.fired || w.dirty {
+                    due.push(w.due);
+                    self.timers.entry(w.due).or_default().push(gi);
+                } else if self.allowed_lateness > 0 {
+                    self.timers.entry(w.end.saturating_add(self.allowed_lateness)).or_default().push(gi);
+                }
+            }
+            self.groups.push(Group { hash, key, windows });
+            let groups = &self.groups;
+            self.index.insert_unique(hash, gi, |&g| groups[g].hash);
+        }
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
     /// Number of open windows (for metrics and tests).
     pub fn open_windows(&self) -> usize {
         self.groups.iter().map(|g| g.windows.len()).sum()
     }
+}
+
+fn snapshot_windows(windows: &[Window]) -> Vec<Window> {
+    windows
+        .iter()
+        .map(|w| Window { start: w.start, end: w.end, accs: w.accs.clone(), fired: w.fired, dirty: w.dirty, due: w.due })
+        .collect()
+}
+
+/// A [`WindowStore`]'s state in a checkpoint: per group its hash, key and windows.
+#[derive(Serialize, Deserialize)]
+pub struct StoreSnapshot {
+    #[allow(private_interfaces)]
+    groups: Vec<(u64, Vec<Value>, Vec<Window>)>,
 }
