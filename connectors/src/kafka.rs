@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
@@ -201,9 +201,20 @@ impl Source for KafkaSource {
         active.map(|p| p.max_ts).min()
     }
 
-    /// Each partition's next offset and largest event time.
+    /// Each partition's next offset and largest event time. The offsets are also committed to
+    /// the consumer group (asynchronously), so lag tools see progress; a restore uses the
+    /// checkpoint's offsets, not the group's.
     fn checkpoint(&self) -> Option<Vec<u8>> {
         let parts: Vec<(i32, i64, i64)> = self.partitions.iter().map(|p| (p.id, p.next, p.max_ts)).collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &self.partitions {
+            let _ = tpl.add_partition_offset(&self.spec.topic, p.id, Offset::Offset(p.next));
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!("kafka offset commit: {e}");
+            }
+        }
         crate::source::encode(&parts)
     }
 

@@ -4,7 +4,8 @@
 //! Every file is written to a temporary name, fsynced and renamed, so a crash leaves either the
 //! old state or the new one. Part files carry a header (magic, format version, length, CRC-32)
 //! so a truncated or corrupted part is detected on restore, which then falls back to the
-//! previous complete checkpoint.
+//! previous complete checkpoint. With a key in `TENANTFLOW_CHECKPOINT_KEY` parts are encrypted
+//! with AES-256-GCM (random 96-bit nonce per part).
 
 use std::fs::{self, File};
 use std::io::Write;
@@ -15,6 +16,47 @@ use serde::{Deserialize, Serialize};
 /// Version of the state layout inside part files; a restore refuses other versions.
 pub const FORMAT_VERSION: u32 = 1;
 const MAGIC: &[u8; 4] = b"TFCK";
+const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
+/// Environment variable holding the checkpoint key: 64 hex digits (256 bits).
+pub const KEY_VAR: &str = "TENANTFLOW_CHECKPOINT_KEY";
+
+/// AES-256-GCM for part files.
+pub struct Crypto(aes_gcm::Aes256Gcm);
+
+impl Crypto {
+    /// The key from `TENANTFLOW_CHECKPOINT_KEY`, if set.
+    pub fn from_env() -> Result<Option<Crypto>, CheckpointError> {
+        let Ok(hex) = std::env::var(KEY_VAR) else { return Ok(None) };
+        let bad = || CheckpointError::Key(format!("{KEY_VAR} must be 64 hex digits (a 256-bit key)"));
+        let hex = hex.trim();
+        if hex.len() != 64 {
+            return Err(bad());
+        }
+        let mut key = [0u8; 32];
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).ok_or_else(bad)?, 16).map_err(|_| bad())?;
+        }
+        use aes_gcm::KeyInit;
+        Ok(Some(Crypto(aes_gcm::Aes256Gcm::new(&key.into()))))
+    }
+
+    fn seal(&self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
+        use aes_gcm::aead::{Aead, AeadCore, OsRng};
+        let nonce = aes_gcm::Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut out = nonce.to_vec();
+        out.extend(self.0.encrypt(&nonce, plain).map_err(|_| std::io::Error::other("encryption failed"))?);
+        Ok(out)
+    }
+
+    fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        use aes_gcm::aead::Aead;
+        if sealed.len() < 12 {
+            return None;
+        }
+        let (nonce, data) = sealed.split_at(12);
+        self.0.decrypt(aes_gcm::Nonce::from_slice(nonce), data).ok()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -24,6 +66,8 @@ pub enum CheckpointError {
     Io(String, std::io::Error),
     #[error("no complete checkpoint in {0}")]
     NoneFound(String),
+    #[error("checkpoint key: {0}")]
+    Key(String),
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> CheckpointError {
@@ -53,8 +97,8 @@ pub struct Restore {
 }
 
 impl Restore {
-    pub fn read_part(&self, name: &str) -> Result<Vec<u8>, CheckpointError> {
-        read_part(&self.dir.join(name))
+    pub fn read_part(&self, name: &str, crypto: Option<&Crypto>) -> Result<Vec<u8>, CheckpointError> {
+        read_part(&self.dir.join(name), crypto)
     }
 }
 
@@ -83,10 +127,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes one operator's state into checkpoint `epoch`.
-pub fn write_part(root: &Path, epoch: u64, name: &str, payload: &[u8]) -> std::io::Result<()> {
+/// Writes one operator's state into checkpoint `epoch` (encrypted when `crypto` is given).
+pub fn write_part(root: &Path, epoch: u64, name: &str, payload: &[u8], crypto: Option<&Crypto>) -> std::io::Result<()> {
+    let sealed;
+    let payload = match crypto {
+        Some(c) => {
+            sealed = c.seal(payload)?;
+            &sealed[..]
+        }
+        None => payload,
+    };
     let mut bytes = Vec::with_capacity(payload.len() + 20);
-    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(if crypto.is_some() { MAGIC_ENCRYPTED } else { MAGIC });
     bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -94,9 +146,10 @@ pub fn write_part(root: &Path, epoch: u64, name: &str, payload: &[u8]) -> std::i
     write_atomic(&epoch_dir(root, epoch).join(name), &bytes)
 }
 
-pub fn read_part(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+pub fn read_part(path: &Path, crypto: Option<&Crypto>) -> Result<Vec<u8>, CheckpointError> {
     let bytes = fs::read(path).map_err(|e| invalid(path, format!("cannot read part: {e}")))?;
-    if bytes.len() < 20 || &bytes[..4] != MAGIC {
+    let encrypted = bytes.get(..4) == Some(&MAGIC_ENCRYPTED[..]);
+    if bytes.len() < 20 || !(encrypted || &bytes[..4] == MAGIC) {
         return Err(invalid(path, "not a tenantflow checkpoint part (bad header)"));
     }
     let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -114,7 +167,13 @@ pub fn read_part(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     if crc32fast::hash(payload) != crc {
         return Err(invalid(path, "checksum mismatch (corrupted)"));
     }
-    Ok(payload.to_vec())
+    match (encrypted, crypto) {
+        (false, _) => Ok(payload.to_vec()),
+        (true, None) => Err(CheckpointError::Key(format!("{} is encrypted: set {KEY_VAR}", path.display()))),
+        (true, Some(c)) => {
+            c.open(payload).ok_or_else(|| CheckpointError::Key(format!("cannot decrypt {}: wrong {KEY_VAR}?", path.display())))
+        }
+    }
 }
 
 /// Commits checkpoint `manifest.epoch` and removes all but the newest `retain` checkpoints.
@@ -136,7 +195,7 @@ fn list_epochs(root: &Path) -> Vec<u64> {
 }
 
 /// Checks a checkpoint directory: a readable manifest of this format, all parts intact.
-pub fn open(dir: &Path) -> Result<Restore, CheckpointError> {
+pub fn open(dir: &Path, crypto: Option<&Crypto>) -> Result<Restore, CheckpointError> {
     let manifest_path = dir.join("MANIFEST.json");
     let text = fs::read(&manifest_path).map_err(|e| invalid(dir, format!("no readable MANIFEST.json ({e}): incomplete checkpoint")))?;
     let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| invalid(&manifest_path, format!("bad manifest: {e}")))?;
@@ -144,23 +203,28 @@ pub fn open(dir: &Path) -> Result<Restore, CheckpointError> {
         return Err(invalid(dir, format!("state format version {}, this tenantflow reads {FORMAT_VERSION}", manifest.format_version)));
     }
     for part in &manifest.parts {
-        read_part(&dir.join(part))?;
+        read_part(&dir.join(part), crypto)?;
     }
     Ok(Restore { dir: dir.to_path_buf(), manifest })
 }
 
 /// The newest complete and intact checkpoint under `root`; damaged newer ones are reported
-/// through `warn` and skipped.
-pub fn latest(root: &Path, mut warn: impl FnMut(&CheckpointError)) -> Result<Restore, CheckpointError> {
+/// through `warn` and skipped. `NoneFound` only when there is no checkpoint at all: when all are
+/// unusable (a wrong key, say) the last reason is returned, so a job never silently starts over.
+pub fn latest(root: &Path, crypto: Option<&Crypto>, mut warn: impl FnMut(&CheckpointError)) -> Result<Restore, CheckpointError> {
     let mut epochs = list_epochs(root);
     epochs.sort_unstable_by(|a, b| b.cmp(a));
+    let mut last = None;
     for epoch in epochs {
-        match open(&epoch_dir(root, epoch)) {
+        match open(&epoch_dir(root, epoch), crypto) {
             Ok(r) => return Ok(r),
-            Err(e) => warn(&e),
+            Err(e) => {
+                warn(&e);
+                last = Some(e);
+            }
         }
     }
-    Err(CheckpointError::NoneFound(root.display().to_string()))
+    Err(last.unwrap_or_else(|| CheckpointError::NoneFound(root.display().to_string())))
 }
 
 #[cfg(test)]
@@ -172,7 +236,7 @@ mod tests {
         let root = std::env::temp_dir().join(format!("tenantflow-ckpt-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         for epoch in 1..=3 {
-            write_part(&root, epoch, "p0", format!("state {epoch}").as_bytes()).expect("part");
+            write_part(&root, epoch, "p0", format!("state {epoch}").as_bytes(), None).expect("part");
             let m = Manifest {
                 format_version: FORMAT_VERSION,
                 job: "j".into(),
@@ -185,17 +249,17 @@ mod tests {
             commit(&root, &m, 2).expect("commit");
         }
         assert_eq!(list_epochs(&root).len(), 2, "retention keeps the newest two");
-        assert_eq!(latest(&root, |_| {}).expect("latest").manifest.epoch, 3);
+        assert_eq!(latest(&root, None, |_| {}).expect("latest").manifest.epoch, 3);
 
         // Truncate the newest part: restore falls back to epoch 2 and says why.
         let part = epoch_dir(&root, 3).join("p0");
         let bytes = fs::read(&part).expect("read");
         fs::write(&part, &bytes[..bytes.len() - 2]).expect("truncate");
         let mut warnings = Vec::new();
-        let r = latest(&root, |e| warnings.push(e.to_string())).expect("fallback");
+        let r = latest(&root, None, |e| warnings.push(e.to_string())).expect("fallback");
         assert_eq!(r.manifest.epoch, 2);
         assert!(warnings[0].contains("truncated"), "{warnings:?}");
-        assert_eq!(r.read_part("p0").expect("part"), b"state 2");
+        assert_eq!(r.read_part("p0", None).expect("part"), b"state 2");
 
         // Corrupt a byte: checksum mismatch.
         let part = epoch_dir(&root, 2).join("p0");
@@ -203,8 +267,33 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         fs::write(&part, bytes).expect("corrupt");
-        assert!(open(&epoch_dir(&root, 2)).expect_err("corrupt").to_string().contains("checksum"));
-        assert!(matches!(latest(&root, |_| {}), Err(CheckpointError::NoneFound(_))));
+        assert!(open(&epoch_dir(&root, 2), None).expect_err("corrupt").to_string().contains("checksum"));
+        // Every checkpoint is damaged: an error, not a silent fresh start.
+        assert!(latest(&root, None, |_| {}).expect_err("all damaged").to_string().contains("checksum"));
+        let _ = fs::remove_dir_all(&root);
+        assert!(matches!(latest(&root, None, |_| {}), Err(CheckpointError::NoneFound(_))));
+    }
+
+    #[test]
+    fn encrypted_parts_need_the_right_key() {
+        let root = std::env::temp_dir().join(format!("tenantflow-ckpt-key-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let key = |hex: &str| {
+            Crypto(
+                aes_gcm::KeyInit::new_from_slice(
+                    &(0..32).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0)).collect::<Vec<_>>(),
+                )
+                .expect("key"),
+            )
+        };
+        let right = key(&"ab".repeat(32));
+        let wrong = key(&"cd".repeat(32));
+        write_part(&root, 1, "p0", b"secret state", Some(&right)).expect("write");
+        let path = epoch_dir(&root, 1).join("p0");
+        assert!(!fs::read(&path).expect("read").windows(6).any(|w| w == b"secret"), "stored in the clear");
+        assert_eq!(read_part(&path, Some(&right)).expect("decrypt"), b"secret state");
+        assert!(read_part(&path, Some(&wrong)).expect_err("wrong key").to_string().contains("wrong TENANTFLOW_CHECKPOINT_KEY"));
+        assert!(read_part(&path, None).expect_err("no key").to_string().contains("is encrypted"));
         let _ = fs::remove_dir_all(&root);
     }
 }

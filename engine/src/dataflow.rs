@@ -32,7 +32,7 @@ use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
 
-use crate::checkpoint::{self, Restore};
+use crate::checkpoint::{self, Crypto, Restore};
 use crate::ingest::{Ingest, Status};
 use crate::stats::{Shared, TenantCounts};
 use crate::{Envelope, Msg};
@@ -59,6 +59,8 @@ pub struct Checkpointing {
     pub job: String,
     /// The checkpoint this run continues from.
     pub restore: Option<Restore>,
+    /// Encrypts part files (key from `TENANTFLOW_CHECKPOINT_KEY`).
+    pub crypto: Option<Crypto>,
 }
 
 impl Checkpointing {
@@ -68,7 +70,7 @@ impl Checkpointing {
 
     fn restored_part(&self, name: &str, shared: &Shared) -> Option<Vec<u8>> {
         let r = self.restore.as_ref()?;
-        match r.read_part(name) {
+        match r.read_part(name, self.crypto.as_ref()) {
             Ok(bytes) => Some(bytes),
             Err(e) => {
                 shared.error(format!("restore: {e}"));
@@ -143,7 +145,10 @@ fn ingest<'s>(
                 if Instant::now() >= at && !matches!(status, Status::Done) {
                     epoch += 1;
                     next_checkpoint = Some(Instant::now() + ck.interval);
-                    match ingest.snapshot().map(|state| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &state)) {
+                    match ingest
+                        .snapshot()
+                        .map(|state| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &state, ck.crypto.as_ref()))
+                    {
                         Some(Ok(())) => msgs.extend((0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }))),
                         Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
                         None => shared.error("checkpoint: the source cannot be replayed".into()),
@@ -301,9 +306,9 @@ fn window<'s>(
                 if let Some((epoch, finished)) = barrier {
                     if let Some(ck) = ckpt.as_ref() {
                         let state = store.as_ref().map(|s| bincode::serialize(&s.snapshot())).transpose();
-                        let written = state
-                            .map_err(std::io::Error::other)
-                            .and_then(|s| checkpoint::write_part(&ck.root, epoch, &format!("window-{me}"), &s.unwrap_or_default()));
+                        let written = state.map_err(std::io::Error::other).and_then(|s| {
+                            checkpoint::write_part(&ck.root, epoch, &format!("window-{me}"), &s.unwrap_or_default(), ck.crypto.as_ref())
+                        });
                         if let Err(e) = written {
                             shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
                         }
@@ -548,7 +553,7 @@ impl SinkState {
             late,
         };
         let bytes = bincode::serialize(&snapshot).map_err(std::io::Error::other)?;
-        checkpoint::write_part(&ck.root, epoch, "sink-0", &bytes)?;
+        checkpoint::write_part(&ck.root, epoch, "sink-0", &bytes, ck.crypto.as_ref())?;
         let mut parts: Vec<String> = (0..ck.workers as u32).filter(|w| !finished.contains(w)).map(|w| format!("ingest-{w}")).collect();
         parts.extend((0..ck.workers).map(|w| format!("window-{w}")));
         parts.push("sink-0".into());

@@ -16,7 +16,7 @@ use tenantflow_connectors::{ConnectorError, Source};
 use tenantflow_core::job::{SourceSpec, WindowKind};
 use tenantflow_core::{time, Plan};
 
-use crate::checkpoint::{self, CheckpointError};
+use crate::checkpoint::{self, CheckpointError, Crypto};
 use crate::dataflow::{build, fmt_watermark, Checkpointing};
 use crate::stats::{RunReport, Shared};
 
@@ -83,10 +83,11 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
     }
     let root = PathBuf::from(&spec.dir);
     let workers = cfg.workers * cfg.processes.max(1);
+    let crypto = Crypto::from_env()?;
     let restore = match &cfg.restore {
         None => None,
-        Some(RestoreFrom::Path(p)) => Some(checkpoint::open(p)?),
-        Some(RestoreFrom::Latest) => match checkpoint::latest(&root, |e| tracing::warn!("skipping checkpoint: {e}")) {
+        Some(RestoreFrom::Path(p)) => Some(checkpoint::open(p, crypto.as_ref())?),
+        Some(RestoreFrom::Latest) => match checkpoint::latest(&root, crypto.as_ref(), |e| tracing::warn!("skipping checkpoint: {e}")) {
             Ok(r) => Some(r),
             Err(CheckpointError::NoneFound(dir)) => {
                 tracing::warn!("no checkpoint in {dir} yet: starting from the beginning");
@@ -106,7 +107,7 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
         tracing::info!(job = %plan.spec.name, epoch = r.manifest.epoch, "restored");
     }
     let interval = cfg.checkpoint_interval.unwrap_or(Duration::from_micros(spec.interval as u64));
-    Ok(Some(Checkpointing { root, interval, retain: spec.retain, workers, job: plan.spec.name.clone(), restore }))
+    Ok(Some(Checkpointing { root, interval, retain: spec.retain, workers, job: plan.spec.name.clone(), restore, crypto }))
 }
 
 fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {

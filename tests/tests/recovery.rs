@@ -127,3 +127,33 @@ fn killed_and_restored_runs_match_a_crash_free_run() {
     assert!(got == expected, "output differs from the crash-free run after {kills} kills");
     assert_eq!(sorted_lines(&dir.path().join("dead.jsonl")), sorted_lines(&reference.path().join("dead.jsonl")));
 }
+
+#[test]
+fn encrypted_checkpoints_need_the_right_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("job.toml"), job(dir.path(), true)).expect("write job");
+    let key = "0f".repeat(32);
+    let run = |restore: bool, key: &str| {
+        let mut cmd = Command::new(tenantflow_bin());
+        cmd.args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir.path()).env("TENANTFLOW_CHECKPOINT_KEY", key);
+        if restore {
+            cmd.args(["--restore", "latest"]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd
+    };
+    let mut child = run(false, &key).spawn().expect("spawn");
+    std::thread::sleep(Duration::from_millis(900));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let parts: Vec<_> = std::fs::read_dir(dir.path().join("checkpoints")).expect("checkpoints").collect();
+    assert!(!parts.is_empty(), "no checkpoint was taken");
+
+    let wrong = run(true, &"a0".repeat(32)).output().expect("run");
+    assert!(!wrong.status.success());
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(err.contains("wrong TENANTFLOW_CHECKPOINT_KEY"), "{err}");
+
+    let right = run(true, &key).output().expect("run");
+    assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
+}
