@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
@@ -267,9 +267,17 @@ impl ProducerContext for DeliveryErrors {
     }
 }
 
+/// Header carrying a record's deterministic id.
+pub const ID_HEADER: &str = "tenantflow-id";
+
 /// Writes rows as JSON to a topic, keyed by the values of `key_fields` (tenant, then window key).
-/// The producer is idempotent, so its retries never duplicate a row.
+/// The producer is idempotent, so its retries never duplicate a row. Each record carries a
+/// deterministic id (`tenantflow-id` header: a 128-bit hash of the row and its rank among equal
+/// rows): after a restore, rows produced again carry the ids they had, so readers that
+/// deduplicate by id see every result exactly once.
 pub struct KafkaSink {
+    last_hash: u128,
+    rank: u32,
     producer: BaseProducer<DeliveryErrors>,
     errors: DeliveryErrors,
     topic: String,
@@ -290,6 +298,8 @@ impl KafkaSink {
         let producer: BaseProducer<DeliveryErrors> =
             config.create_with_context(errors.clone()).map_err(|e| kafka_error("creating the producer", e))?;
         Ok(KafkaSink {
+            last_hash: 0,
+            rank: 0,
             producer,
             errors,
             topic: spec.topic.clone(),
@@ -312,8 +322,15 @@ impl Sink for KafkaSink {
             }
             self.key.push_str(&row[f].to_string());
         }
+        // Equal rows come out next to each other (the sink sorts each timestamp's rows), so the
+        // rank among equal rows is deterministic too.
+        let hash = xxhash_rust::xxh3::xxh3_128(&payload);
+        self.rank = if hash == self.last_hash { self.rank + 1 } else { 0 };
+        self.last_hash = hash;
+        let id = format!("{hash:032x}-{}", self.rank);
         loop {
-            let record = BaseRecord::to(&self.topic).key(self.key.as_bytes()).payload(&payload);
+            let headers = OwnedHeaders::new().insert(Header { key: ID_HEADER, value: Some(id.as_bytes()) });
+            let record = BaseRecord::to(&self.topic).key(self.key.as_bytes()).payload(&payload).headers(headers);
             match self.producer.send(record) {
                 Ok(()) => break,
                 // The local queue is full: deliver some, then retry.

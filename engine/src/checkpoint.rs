@@ -180,11 +180,18 @@ pub fn read_part(path: &Path, crypto: Option<&Crypto>) -> Result<Vec<u8>, Checkp
 pub fn commit(root: &Path, manifest: &Manifest, retain: usize) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(manifest).map_err(std::io::Error::other)?;
     write_atomic(&epoch_dir(root, manifest.epoch).join("MANIFEST.json"), &json)?;
-    let mut epochs = list_epochs(root);
-    epochs.sort_unstable();
-    let keep_from = epochs.len().saturating_sub(retain.max(1));
-    for &old in &epochs[..keep_from] {
-        let _ = fs::remove_dir_all(epoch_dir(root, old));
+    // Keep the newest `retain` committed checkpoints; drop older ones and abandoned partial
+    // ones. Newer directories are checkpoints still in progress: leave them alone.
+    let mut committed: Vec<u64> = list_epochs(root).into_iter().filter(|&e| e <= manifest.epoch).collect();
+    committed.sort_unstable_by(|a, b| b.cmp(a));
+    let mut kept = 0;
+    for epoch in committed {
+        let dir = epoch_dir(root, epoch);
+        if kept < retain.max(1) && dir.join("MANIFEST.json").exists() {
+            kept += 1;
+        } else {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
     Ok(())
 }
@@ -216,7 +223,12 @@ pub fn latest(root: &Path, crypto: Option<&Crypto>, mut warn: impl FnMut(&Checkp
     epochs.sort_unstable_by(|a, b| b.cmp(a));
     let mut last = None;
     for epoch in epochs {
-        match open(&epoch_dir(root, epoch), crypto) {
+        let dir = epoch_dir(root, epoch);
+        if !dir.join("MANIFEST.json").exists() {
+            // In progress when the job stopped: never committed, nothing to restore.
+            continue;
+        }
+        match open(&dir, crypto) {
             Ok(r) => return Ok(r),
             Err(e) => {
                 warn(&e);

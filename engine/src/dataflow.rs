@@ -128,6 +128,24 @@ fn ingest<'s>(
         let mut msgs: Vec<Envelope> = Vec::new();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
+            // A checkpoint: record where the source is, then put a barrier behind everything it
+            // sent so far, on every channel. This comes before the backpressure check: a source
+            // held back must still take part, or the other sources' barriers wait for it forever.
+            if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
+                if Instant::now() >= at {
+                    epoch += 1;
+                    next_checkpoint = Some(Instant::now() + ck.interval);
+                    let state = ingest.snapshot();
+                    match state.map(|s| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &s, ck.crypto.as_ref())) {
+                        Some(Ok(())) => {
+                            let barriers = (0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }));
+                            output.session(&*c).give_iterator(barriers);
+                        }
+                        Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
+                        None => shared.error("checkpoint: the source cannot be replayed".into()),
+                    }
+                }
+            }
             // Backpressure: run at most `max_lead` of event time ahead of what sinks finished.
             let t = *c.time();
             if probe.with_frontier(|f| f.first().is_some_and(|&done| t > done.saturating_add(max_lead))) {
@@ -139,22 +157,6 @@ fn ingest<'s>(
             let mut batch = Vec::new();
             let status = ingest.step(&mut batch);
             msgs.extend(batch.into_iter().map(|m| (me, m)));
-            // A checkpoint: record where the source is, then put a barrier behind everything it
-            // sent so far, on every channel.
-            if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
-                if Instant::now() >= at && !matches!(status, Status::Done) {
-                    epoch += 1;
-                    next_checkpoint = Some(Instant::now() + ck.interval);
-                    match ingest
-                        .snapshot()
-                        .map(|state| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &state, ck.crypto.as_ref()))
-                    {
-                        Some(Ok(())) => msgs.extend((0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }))),
-                        Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
-                        None => shared.error("checkpoint: the source cannot be replayed".into()),
-                    }
-                }
-            }
             if matches!(status, Status::Done) {
                 msgs.extend((0..peers).map(|to| (me, Msg::End { to })));
             }
@@ -230,6 +232,11 @@ impl Aligner {
             }
             _ => None,
         }
+    }
+
+    /// The earliest time of a message waiting behind a barrier.
+    fn stashed_min(&self) -> Option<u64> {
+        self.stash.iter().map(|(cap, _)| *cap.time()).min()
     }
 
     fn finished(&mut self) -> Vec<u32> {
@@ -325,7 +332,10 @@ fn window<'s>(
                 }
             });
             let (Some(store), Some(aggs)) = (store.as_mut(), aggs.as_ref()) else { return };
-            let upto = frontier.frontier().first().map_or(i64::MAX, |&f| from_time(f));
+            // Messages waiting behind a barrier count as not yet arrived: Timely's frontier has
+            // moved past them, but their partials are not merged, so no window they touch fires.
+            let upto =
+                frontier.frontier().first().map_or(i64::MAX, |&f| from_time(f)).min(aligner.stashed_min().map_or(i64::MAX, from_time));
             if store.next_timer().is_none_or(|t| t > upto) {
                 return;
             }
@@ -445,7 +455,9 @@ fn sink<'s>(
                 }
                 None => pending.entry(*cap.time()).or_default().push(msg),
             });
-            let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t)).collect();
+            // As for windows: a timestamp is complete only when nothing of it waits behind a barrier.
+            let stashed = aligner.stashed_min().unwrap_or(u64::MAX);
+            let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t) && *t < stashed).collect();
             if ready.is_empty() {
                 return;
             }
