@@ -25,8 +25,12 @@ const CONFIGS: &[(&str, usize)] = &[
     ("timely_handwritten", 2),
     ("tenantflow_job", 1),
     ("tenantflow_job", 2),
+    ("tenantflow_job_checkpointed", 1),
+    ("tenantflow_job_checkpointed", 2),
     ("tenantflow_jsonl", 1),
     ("tenantflow_jsonl", 2),
+    ("keys_1m", 2),
+    ("checkpoint_1m_keys", 2),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -178,13 +182,23 @@ fn timely_handwritten(events: u64, workers: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tenantflow(text: &str, workers: usize) -> anyhow::Result<()> {
+fn tenantflow(text: &str, workers: usize) -> anyhow::Result<tenantflow_engine::RunReport> {
     let plan = tenantflow_core::plan::load("bench.toml", text, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = tenantflow_engine::run(plan, &tenantflow_engine::RunConfig { workers, ..Default::default() })?;
     if report.rows_out == 0 {
         bail!("no output rows");
     }
-    Ok(())
+    Ok(report)
+}
+
+fn sequence_source(events: u64, users: u64) -> String {
+    format!("[source]\ntype = \"generator\"\nprofile = \"sequence\"\nevents = {events}\nusers = {users}\nevent_interval = \"1us\"\nstart_time = \"1970-01-01T00:00:00Z\"")
+}
+
+fn checkpoint_table(tag: &str) -> String {
+    let dir = format!("/var/tmp/tenantflow-bench-checkpoints-{tag}-{}", std::process::id());
+    let _ = std::fs::remove_dir_all(&dir);
+    format!("\n[checkpoint]\ndir = \"{dir}\"\ninterval = \"1s\"\nretain = 1\n")
 }
 
 fn jsonl_path(events: u64) -> String {
@@ -226,9 +240,28 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
             events
         }
         "tenantflow_job" => {
-            let src = format!("[source]\ntype = \"generator\"\nprofile = \"sequence\"\nevents = {events}\nevent_interval = \"1us\"\nstart_time = \"1970-01-01T00:00:00Z\"");
-            tenantflow(&job(&src, events), workers)?;
+            tenantflow(&job(&sequence_source(events, 100_000), events), workers)?;
             events
+        }
+        "tenantflow_job_checkpointed" => {
+            let report = tenantflow(&(job(&sequence_source(events, 100_000), events) + &checkpoint_table("job")), workers)?;
+            let mut r = result(name, workers, events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+            r["checkpoints"] = report.checkpoints.into();
+            return Ok(r);
+        }
+        "keys_1m" | "checkpoint_1m_keys" => {
+            // 1M users keyed in 60 s windows: a checkpoint holds about 1M keys of window state.
+            let mut text =
+                job(&sequence_source(events, 1_000_000), events).replace("size = \"1s\" }", "size = \"60s\" }\nkey_by = [\"user\"]");
+            if name == "checkpoint_1m_keys" {
+                text += &checkpoint_table("1m");
+            }
+            let report = tenantflow(&text, workers)?;
+            let mut r = result(name, workers, events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
+            r["checkpoints"] = report.checkpoints.into();
+            r["last_checkpoint_bytes"] = report.last_checkpoint_bytes.into();
+            r["last_checkpoint_ms"] = (report.last_checkpoint_duration_us as f64 / 1000.0).into();
+            return Ok(r);
         }
         "tenantflow_jsonl" => {
             let n = events / 10;
@@ -287,6 +320,18 @@ fn main() -> anyhow::Result<()> {
     let rate =
         |name: &str, w: u64| results.iter().find(|r| r["name"] == name && r["workers"] == w).and_then(|r| r["events_per_cpu_sec"].as_f64());
     for w in [1, 2] {
+        if let (Some(plain), Some(ck)) = (rate("tenantflow_job", w), rate("tenantflow_job_checkpointed", w)) {
+            println!(
+                "{}",
+                serde_json::json!({"name": "ratio", "workers": w, "checkpointed_vs_none": (ck / plain * 1000.0).round() / 1000.0})
+            );
+        }
+        if let (Some(plain), Some(ck)) = (rate("keys_1m", w), rate("checkpoint_1m_keys", w)) {
+            println!(
+                "{}",
+                serde_json::json!({"name": "ratio", "workers": w, "checkpointed_1m_keys_vs_none": (ck / plain * 1000.0).round() / 1000.0})
+            );
+        }
         if let (Some(tf), Some(hand)) = (rate("tenantflow_job", w), rate("timely_handwritten", w)) {
             let flink = 2.7e6;
             println!(

@@ -196,6 +196,22 @@ pub fn commit(root: &Path, manifest: &Manifest, retain: usize) -> std::io::Resul
     Ok(())
 }
 
+/// Total size of a checkpoint's files, and the time since its oldest file was written (the
+/// checkpoint's duration, when called right after the commit).
+pub fn size_and_age(dir: &Path) -> (u64, std::time::Duration) {
+    let mut bytes = 0;
+    let mut oldest = std::time::SystemTime::now();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for meta in entries.filter_map(|e| e.ok()?.metadata().ok()) {
+            bytes += meta.len();
+            if let Ok(m) = meta.modified() {
+                oldest = oldest.min(m);
+            }
+        }
+    }
+    (bytes, oldest.elapsed().unwrap_or_default())
+}
+
 fn list_epochs(root: &Path) -> Vec<u64> {
     let Ok(entries) = fs::read_dir(root) else { return Vec::new() };
     entries.filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok()).collect()

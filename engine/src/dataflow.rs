@@ -579,7 +579,11 @@ impl SinkState {
             created_unix_ms: time::now_micros() / 1000,
         };
         checkpoint::commit(&ck.root, &manifest, ck.retain)?;
-        tracing::info!(job = %ck.job, epoch, "checkpointed");
+        let (bytes, age) = checkpoint::size_and_age(&checkpoint::epoch_dir(&ck.root, epoch));
+        self.shared.checkpoints.fetch_add(1, Relaxed);
+        self.shared.checkpoint_bytes.store(bytes, Relaxed);
+        self.shared.checkpoint_duration_us.store(age.as_micros() as u64, Relaxed);
+        tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");
         Ok(())
     }
 

@@ -58,6 +58,10 @@ pub struct Shared {
     pub late_updates: AtomicU64,
     pub dead_letters: AtomicU64,
     pub windows_fired: AtomicU64,
+    pub checkpoints: AtomicU64,
+    /// Size (bytes) and duration (µs, first part written to commit) of the latest checkpoint.
+    pub checkpoint_bytes: AtomicU64,
+    pub checkpoint_duration_us: AtomicU64,
     /// Each local worker's source watermark (µs); `i64::MAX` marks an idle source, `i64::MIN` none yet.
     pub watermarks: Vec<AtomicI64>,
     tenants: Mutex<BTreeMap<String, TenantStats>>,
@@ -77,6 +81,9 @@ impl Shared {
             late_updates: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             windows_fired: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            checkpoint_bytes: AtomicU64::new(0),
+            checkpoint_duration_us: AtomicU64::new(0),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
             tenants: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),
@@ -120,6 +127,9 @@ impl Shared {
             late_updates: self.late_updates.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             windows_fired: self.windows_fired.load(Relaxed),
+            checkpoints: self.checkpoints.load(Relaxed),
+            last_checkpoint_bytes: self.checkpoint_bytes.load(Relaxed),
+            last_checkpoint_duration_us: self.checkpoint_duration_us.load(Relaxed),
             elapsed,
             tenants: self.tenants.lock().map(|t| t.clone()).unwrap_or_default(),
         }
@@ -136,6 +146,10 @@ pub struct RunReport {
     pub late_updates: u64,
     pub dead_letters: u64,
     pub windows_fired: u64,
+    /// Checkpoints this process committed, and the size and duration of the last one.
+    pub checkpoints: u64,
+    pub last_checkpoint_bytes: u64,
+    pub last_checkpoint_duration_us: u64,
     #[serde(skip)]
     pub elapsed: Duration,
     pub tenants: BTreeMap<String, TenantStats>,
