@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -176,7 +178,19 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
             _ => anyhow::bail!("--checkpoint-interval: invalid duration \"{d}\" (expected e.g. \"500ms\", \"10s\")"),
         },
     };
+    // With checkpoints, SIGTERM or Ctrl-C stops the job with a savepoint; a second one kills it.
+    let stop = if plan.spec.checkpoint.is_some() {
+        let flag = Arc::new(AtomicBool::new(false));
+        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag)).context("installing a signal handler")?;
+            signal_hook::flag::register(signal, Arc::clone(&flag)).context("installing a signal handler")?;
+        }
+        Some(flag)
+    } else {
+        None
+    };
     let cfg = RunConfig {
+        stop,
         workers: args.workers,
         processes: args.processes,
         process: args.process,
@@ -186,6 +200,9 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
         checkpoint_interval,
     };
     let report = run(plan, &cfg)?;
+    if let Some(epoch) = report.savepoint {
+        eprintln!("stopped with savepoint {epoch}; continue with --restore latest");
+    }
     if !args.quiet {
         summary(&report, &dead_path);
     }

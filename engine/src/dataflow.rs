@@ -61,6 +61,8 @@ pub struct Checkpointing {
     pub restore: Option<Restore>,
     /// Encrypts part files (key from `TENANTFLOW_CHECKPOINT_KEY`).
     pub crypto: Option<Crypto>,
+    /// Set to stop the job with a savepoint.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Checkpointing {
@@ -125,6 +127,7 @@ fn ingest<'s>(
         }
         let mut epoch = ckpt.as_ref().map_or(0, |c| c.first_epoch());
         let mut next_checkpoint = ckpt.as_ref().map(|c| Instant::now() + c.interval);
+        let mut savepoint_taken = false;
         let mut msgs: Vec<Envelope> = Vec::new();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -132,8 +135,14 @@ fn ingest<'s>(
             // sent so far, on every channel. This comes before the backpressure check: a source
             // held back must still take part, or the other sources' barriers wait for it forever.
             if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
-                if Instant::now() >= at {
+                // A stop request takes a checkpoint (the savepoint) at once, then no more.
+                let stop = ck.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+                if stop && !savepoint_taken || !stop && Instant::now() >= at {
                     epoch += 1;
+                    if stop {
+                        savepoint_taken = true;
+                        shared.savepoint_epoch.fetch_max(epoch, Relaxed);
+                    }
                     next_checkpoint = Some(Instant::now() + ck.interval);
                     let state = ingest.snapshot();
                     match state.map(|s| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &s, ck.crypto.as_ref())) {
@@ -581,6 +590,7 @@ impl SinkState {
         checkpoint::commit(&ck.root, &manifest, ck.retain)?;
         let (bytes, age) = checkpoint::size_and_age(&checkpoint::epoch_dir(&ck.root, epoch));
         self.shared.checkpoints.fetch_add(1, Relaxed);
+        self.shared.committed_epoch.fetch_max(epoch, Relaxed);
         self.shared.checkpoint_bytes.store(bytes, Relaxed);
         self.shared.checkpoint_duration_us.store(age.as_micros() as u64, Relaxed);
         tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");

@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub restore: Option<RestoreFrom>,
     /// Overrides the job's `[checkpoint] interval`.
     pub checkpoint_interval: Option<Duration>,
+    /// When set (e.g. by SIGTERM), the job takes a savepoint and stops.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// Which checkpoint to continue from.
@@ -66,7 +68,16 @@ pub enum RestoreFrom {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        RunConfig { workers: 1, processes: 1, process: 0, hostfile: None, progress: false, restore: None, checkpoint_interval: None }
+        RunConfig {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            progress: false,
+            restore: None,
+            checkpoint_interval: None,
+            stop: None,
+        }
     }
 }
 
@@ -107,7 +118,16 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
         tracing::info!(job = %plan.spec.name, epoch = r.manifest.epoch, "restored");
     }
     let interval = cfg.checkpoint_interval.unwrap_or(Duration::from_micros(spec.interval as u64));
-    Ok(Some(Checkpointing { root, interval, retain: spec.retain, workers, job: plan.spec.name.clone(), restore, crypto }))
+    Ok(Some(Checkpointing {
+        root,
+        interval,
+        retain: spec.retain,
+        workers,
+        job: plan.spec.name.clone(),
+        restore,
+        crypto,
+        stop: cfg.stop.clone(),
+    }))
 }
 
 fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
@@ -217,6 +237,15 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
         let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead, ckpt.clone());
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
+            // Stopped with a savepoint: everything after it will be recomputed on restore.
+            let savepoint = s.savepoint_epoch.load(Relaxed);
+            if savepoint > 0 && s.committed_epoch.load(Relaxed) >= savepoint {
+                // Timely would otherwise run the dataflow to its end after we return.
+                for id in worker.installed_dataflows() {
+                    worker.drop_dataflow(id);
+                }
+                break;
+            }
         }
     })
     .map_err(EngineError::Timely)?;

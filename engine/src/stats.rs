@@ -59,6 +59,10 @@ pub struct Shared {
     pub dead_letters: AtomicU64,
     pub windows_fired: AtomicU64,
     pub checkpoints: AtomicU64,
+    /// The newest committed checkpoint's epoch.
+    pub committed_epoch: AtomicU64,
+    /// Set by a stop request: the epoch of the savepoint the sources started (0: none yet).
+    pub savepoint_epoch: AtomicU64,
     /// Size (bytes) and duration (µs, first part written to commit) of the latest checkpoint.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_duration_us: AtomicU64,
@@ -82,6 +86,8 @@ impl Shared {
             dead_letters: AtomicU64::new(0),
             windows_fired: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            committed_epoch: AtomicU64::new(0),
+            savepoint_epoch: AtomicU64::new(0),
             checkpoint_bytes: AtomicU64::new(0),
             checkpoint_duration_us: AtomicU64::new(0),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
@@ -128,6 +134,7 @@ impl Shared {
             dead_letters: self.dead_letters.load(Relaxed),
             windows_fired: self.windows_fired.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
+            savepoint: Some(self.savepoint_epoch.load(Relaxed)).filter(|&e| e > 0 && self.committed_epoch.load(Relaxed) >= e),
             last_checkpoint_bytes: self.checkpoint_bytes.load(Relaxed),
             last_checkpoint_duration_us: self.checkpoint_duration_us.load(Relaxed),
             elapsed,
@@ -148,6 +155,8 @@ pub struct RunReport {
     pub windows_fired: u64,
     /// Checkpoints this process committed, and the size and duration of the last one.
     pub checkpoints: u64,
+    /// The run stopped on request after committing this checkpoint (a savepoint).
+    pub savepoint: Option<u64>,
     pub last_checkpoint_bytes: u64,
     pub last_checkpoint_duration_us: u64,
     #[serde(skip)]

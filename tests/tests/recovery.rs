@@ -157,3 +157,35 @@ fn encrypted_checkpoints_need_the_right_key() {
     let right = run(true, &key).output().expect("run");
     assert!(right.status.success(), "{}", String::from_utf8_lossy(&right.stderr));
 }
+
+#[test]
+fn sigterm_stops_with_a_savepoint_and_restore_completes_the_run() {
+    let reference = tempfile::tempdir().expect("tempdir");
+    std::fs::write(reference.path().join("job.toml"), job(reference.path(), false)).expect("write job");
+    assert!(spawn(reference.path(), false).wait().expect("wait").success());
+    let expected = std::fs::read_to_string(reference.path().join("out.jsonl")).expect("reference output");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("job.toml"), job(dir.path(), true)).expect("write job");
+    // No periodic checkpoint within the run: only the savepoint.
+    let child = Command::new(tenantflow_bin())
+        .args(["run", "job.toml", "--workers", "2", "--quiet", "--checkpoint-interval", "1h"])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(1200));
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stopped with savepoint 1"), "{err}");
+    let partial = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap_or_default();
+    assert!(partial.lines().count() < expected.lines().count(), "the job finished before it was stopped");
+
+    let mut resumed = spawn(dir.path(), true);
+    assert!(resumed.wait().expect("wait").success());
+    assert_eq!(std::fs::read_to_string(dir.path().join("out.jsonl")).expect("output"), expected);
+}
