@@ -152,9 +152,12 @@ impl Source for KafkaSource {
                 tracing::warn!("kafka metadata refresh failed: {e}");
             }
         }
-        for _ in 0..max {
-            let message = match self.consumer.poll(Duration::ZERO) {
-                None => return Poll::Pending,
+        for n in 0..max {
+            // When nothing is queued yet, wait up to 1 ms for the next fetch: much shorter than
+            // a trip through the scheduler's pause, and the worker has nothing else from here.
+            let wait = if n == 0 { Duration::from_millis(1) } else { Duration::ZERO };
+            let message = match self.consumer.poll(wait) {
+                None => return if n == 0 { Poll::Pending } else { Poll::Ready },
                 Some(Err(e)) => {
                     // librdkafka retries broker errors itself; they are worth a log line, not a stop.
                     tracing::warn!("kafka consumer: {e}");
@@ -231,6 +234,10 @@ impl Source for KafkaSource {
             tpl.add_partition_offset(&self.spec.topic, p.id, Offset::Offset(p.next)).map_err(|e| e.to_string())?;
         }
         self.consumer.assign(&tpl).map_err(|e| format!("kafka: assigning restored offsets: {e}"))
+    }
+
+    fn retry_after(&self) -> Duration {
+        Duration::from_millis(1)
     }
 
     fn pause(&mut self, paused: bool) {

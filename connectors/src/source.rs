@@ -135,6 +135,11 @@ pub trait Source {
     /// Backpressure: stop (or resume) fetching ahead, where the source can.
     fn pause(&mut self, _paused: bool) {}
 
+    /// How long to wait before polling again after `Poll::Pending`.
+    fn retry_after(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(5)
+    }
+
     /// The read position, for a checkpoint; `None` when the source cannot be replayed.
     fn checkpoint(&self) -> Option<Vec<u8>> {
         None

@@ -178,7 +178,7 @@ fn ingest<'s>(
             }
             match status {
                 Status::Ready => activator.activate(),
-                Status::Pending => activator.activate_after(Duration::from_millis(5)),
+                Status::Pending => activator.activate_after(ingest.retry_after()),
                 Status::Done => cap = None,
             }
         }

@@ -107,6 +107,11 @@ impl Ingest {
         Ok(())
     }
 
+    /// How long to pause after `Status::Pending`.
+    pub fn retry_after(&self) -> Duration {
+        self.source.retry_after()
+    }
+
     /// Backpressure: tells the source to stop (or resume) fetching ahead.
     pub fn pause(&mut self, paused: bool) {
         self.source.pause(paused);
