@@ -415,6 +415,5 @@ fn snapshot_windows(windows: &[Window]) -> Vec<Window> {
 /// A [`WindowStore`]'s state in a checkpoint: per group its hash, key and windows.
 #[derive(Serialize, Deserialize)]
 pub struct StoreSnapshot {
-    #[allow(private_interfaces)]
     groups: Vec<(u64, Vec<Value>, Vec<Window>)>,
 }
