@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine (run as root): rustfmt and
-# clippy for the Rust toolchain, and Debian's kcat (an external Kafka client for the Kafka tests).
+# clippy for the Rust toolchain, OpenSSL headers and pkg-config (librdkafka is built with TLS
+# and SASL), and Debian's kcat (an external Kafka client for the Kafka tests).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -13,10 +14,14 @@ for component in rustfmt clippy; do
   fi
 done
 
-if ! command -v kcat >/dev/null 2>&1; then
+missing=()
+command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends kcat >/dev/null 2>&1 || {
+  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
     apt-get update >/dev/null
-    apt-get install -y --no-install-recommends kcat >/dev/null
+    apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
   }
 fi
