@@ -32,6 +32,8 @@ fn kafka_error(context: &str, e: KafkaError) -> ConnectorError {
 
 struct Partition {
     id: i32,
+    /// `topic[partition]`, for dead letters and row origins.
+    name: String,
     /// Index of this partition's name in the batch's origins.
     origin: Option<u32>,
     /// Bounded runs stop at this offset (exclusive).
@@ -119,6 +121,7 @@ impl KafkaSource {
             let start = if self.spec.from_earliest { low } else { high };
             self.partitions.push(Partition {
                 id,
+                name: format!("{}[{id}]", self.spec.topic),
                 origin: None,
                 end: self.spec.bounded.then_some(high),
                 next: start,
@@ -167,8 +170,8 @@ impl Source for KafkaSource {
             };
             let Some(slot) = self.partitions.iter().position(|p| p.id == message.partition()) else { continue };
             let offset = message.offset();
-            let name = format!("{}[{}]", self.spec.topic, message.partition());
-            let origin = *self.partitions[slot].origin.get_or_insert_with(|| batch.origin(&name));
+            let part = &mut self.partitions[slot];
+            let origin = *part.origin.get_or_insert_with(|| batch.origin(&part.name));
             let payload = message.payload().unwrap_or_default();
             let row = batch.push_row(origin, offset as u64);
             match self.decoder.decode(payload, row) {
@@ -180,7 +183,7 @@ impl Source for KafkaSource {
                 }
                 Err(reason) => {
                     batch.pop_row();
-                    batch.dead.push(DeadLetter::new(reason, &name, offset as u64, payload));
+                    batch.dead.push(DeadLetter::new(reason, &self.partitions[slot].name, offset as u64, payload));
                 }
             }
             let p = &mut self.partitions[slot];
