@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tenantflow_connectors::kafka::DevCluster;
+use tenantflow_core::job::DeadLetterSpec;
 use tenantflow_core::plan;
 use tenantflow_engine::{run, RestoreFrom, RunConfig, RunReport, TenantStats};
 
@@ -169,7 +170,10 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
             return Ok(ExitCode::from(2));
         }
     };
-    let dead_path = plan.spec.dead_letter_path.clone();
+    let dead_path = match &plan.spec.dead_letter {
+        DeadLetterSpec::File { path } => path.clone(),
+        DeadLetterSpec::Kafka(k) => format!("kafka topic {}", k.topic),
+    };
     let restore = args.restore.as_deref().map(|r| if r == "latest" { RestoreFrom::Latest } else { RestoreFrom::Path(PathBuf::from(r)) });
     let checkpoint_interval = match args.checkpoint_interval.as_deref() {
         None => None,

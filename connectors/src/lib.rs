@@ -10,7 +10,7 @@ pub mod kafka;
 pub mod sink;
 pub mod source;
 
-pub use sink::{DeadLetterWriter, Sink};
+pub use sink::{DeadLetterSink, DeadLetterWriter, Sink};
 pub use source::{Batch, DeadLetter, Poll, Source};
 
 /// Errors opening a source or sink (bad paths, unreadable files).

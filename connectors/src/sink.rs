@@ -235,42 +235,56 @@ impl Sink for Discard {
 
 /// Writes dead letters as JSON lines; the file is created on the first one (the engine removes
 /// a previous run's file when a job starts).
+/// Where dead letters go (`[dead_letter]`): a JSON-lines file or a Kafka topic.
+pub trait DeadLetterSink: Send {
+    fn write(&mut self, d: &DeadLetter) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+    /// Makes what was written durable and returns the position to resume from after a restore
+    /// (the file length; 0 for outputs that deduplicate by record id instead).
+    fn checkpoint(&mut self) -> io::Result<u64>;
+    /// Continues from a checkpoint's position.
+    fn resume(&mut self, position: u64) -> io::Result<()>;
+    /// Where the dead letters go, for messages.
+    fn describe(&self) -> &str;
+}
+
+/// Dead letters as JSON lines in a file, created when the first one comes.
 pub struct DeadLetterWriter {
     path: String,
     out: Option<BufWriter<File>>,
-    pub written: u64,
 }
 
 impl DeadLetterWriter {
     pub fn new(path: &str) -> DeadLetterWriter {
-        DeadLetterWriter { path: path.to_string(), out: None, written: 0 }
+        DeadLetterWriter { path: path.to_string(), out: None }
     }
+}
 
-    pub fn path(&self) -> &str {
+impl DeadLetterSink for DeadLetterWriter {
+    fn describe(&self) -> &str {
         &self.path
     }
 
-    pub fn write(&mut self, d: &DeadLetter) -> io::Result<()> {
+    fn write(&mut self, d: &DeadLetter) -> io::Result<()> {
         if self.out.is_none() {
             self.out = Some(BufWriter::new(create(&self.path)?));
         }
         if let Some(out) = self.out.as_mut() {
             serde_json::to_writer(&mut *out, d).map_err(io::Error::other)?;
             out.write_all(b"\n")?;
-            self.written += 1;
         }
         Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
         match self.out.as_mut() {
             Some(o) => o.flush(),
             None => Ok(()),
         }
     }
 
-    /// Durable length of the file so far, for a checkpoint (0 when nothing was written).
-    pub fn checkpoint(&mut self) -> io::Result<u64> {
+    /// Durable length of the file so far (0 when nothing was written).
+    fn checkpoint(&mut self) -> io::Result<u64> {
         match self.out.as_mut() {
             Some(o) => {
                 o.flush()?;
@@ -282,7 +296,7 @@ impl DeadLetterWriter {
     }
 
     /// Continues the file of a checkpoint, cut back to `len` bytes.
-    pub fn resume(&mut self, len: u64) -> io::Result<()> {
+    fn resume(&mut self, len: u64) -> io::Result<()> {
         if len == 0 {
             return match std::fs::remove_file(&self.path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),

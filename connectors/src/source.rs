@@ -111,6 +111,13 @@ impl DeadLetter {
         let cut = raw.len().min(64 * 1024);
         DeadLetter { reason, source: source.to_string(), position, raw: String::from_utf8_lossy(&raw[..cut]).into_owned(), tenant: None }
     }
+
+    /// Topic and partition of a record read from Kafka, whose `source` is `topic[partition]`
+    /// (topic names cannot contain `[`, so this is unambiguous).
+    pub fn kafka_origin(&self) -> Option<(&str, i32)> {
+        let (topic, rest) = self.source.split_once('[')?;
+        Some((topic, rest.strip_suffix(']')?.parse().ok()?))
+    }
 }
 
 pub enum Poll {
@@ -132,8 +139,9 @@ pub trait Source {
         None
     }
 
-    /// Backpressure: stop (or resume) fetching ahead, where the source can.
-    fn pause(&mut self, _paused: bool) {}
+    /// Backpressure: `true` each time the engine holds the source back (it will not be polled
+    /// until a `false`); a source may stop fetching ahead meanwhile.
+    fn pause(&mut self, _hold: bool) {}
 
     /// How long to wait before polling again after `Poll::Pending`.
     fn retry_after(&self) -> std::time::Duration {
@@ -149,6 +157,10 @@ pub trait Source {
     fn restore(&mut self, _state: &[u8]) -> Result<(), String> {
         Err("this source cannot be restored from a checkpoint".into())
     }
+
+    /// The checkpoint holding `state` (from `checkpoint`) is committed: a source with an outside
+    /// record of progress (a Kafka consumer group) can publish it now.
+    fn committed(&mut self, _state: &[u8]) {}
 }
 
 pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Option<Vec<u8>> {

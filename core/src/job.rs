@@ -71,9 +71,18 @@ pub struct JobSpec {
     pub time: TimeSpec,
     pub steps: Vec<Step>,
     pub sinks: Vec<SinkSpec>,
-    pub dead_letter_path: String,
+    pub dead_letter: DeadLetterSpec,
     pub runtime: RuntimeSpec,
     pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// Where records that cannot be processed go (`[dead_letter]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetterSpec {
+    /// A JSON-lines file.
+    File { path: String },
+    /// A topic: the record as read, with the reason and origin in headers.
+    Kafka(KafkaSinkSpec),
 }
 
 /// Periodic checkpoints (`[checkpoint]`).
@@ -128,6 +137,8 @@ pub struct KafkaSourceSpec {
     pub from_earliest: bool,
     /// Stop at the end offsets seen at start-up (a bounded run, as for tests and backfills).
     pub bounded: bool,
+    /// How long backpressure must hold the source back before its partitions are paused (µs).
+    pub pause_after: i64,
     /// librdkafka properties passed through as they are (e.g. `security.protocol`, `sasl.*`).
     pub properties: Vec<(String, String)>,
 }
@@ -702,14 +713,26 @@ fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
     if sinks.is_empty() && root.get("sinks").is_none() {
         sinks.push(SinkSpec::Stdout { json: false });
     }
-    let dead_letter_path = match root.table(cx, "dead_letter") {
-        Some(t) => {
-            t.check_keys(cx, &["path"]);
-            t.string(cx, "path").map(|s| s.value)
-        }
-        None => None,
-    }
-    .unwrap_or_else(|| format!("{name}.dead-letters.jsonl"));
+    let default_path = format!("{name}.dead-letters.jsonl");
+    let dead_letter = match root.table(cx, "dead_letter") {
+        Some(t) => match t.choice(cx, "type", &[("file", false), ("kafka", true)], Some(false)) {
+            Some(true) => {
+                t.check_keys(cx, &["type", "bootstrap_servers", "bootstrap_file", "topic", "properties"]);
+                let bootstrap = read_bootstrap(cx, &t);
+                let topic = t.required_string(cx, "topic", "the dead-letter topic");
+                let properties = read_properties(cx, &t);
+                bootstrap
+                    .zip(topic)
+                    .map(|(bootstrap, topic)| DeadLetterSpec::Kafka(KafkaSinkSpec { bootstrap, topic: topic.value, properties }))
+            }
+            Some(false) => {
+                t.check_keys(cx, &["type", "path"]);
+                Some(DeadLetterSpec::File { path: t.string(cx, "path").map_or(default_path, |s| s.value) })
+            }
+            None => None,
+        },
+        None => Some(DeadLetterSpec::File { path: default_path }),
+    };
     let runtime = match root.table(cx, "runtime") {
         Some(t) => {
             t.check_keys(cx, &["batch_size", "max_lead"]);
@@ -726,7 +749,7 @@ fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
         };
         Some(CheckpointSpec { dir, interval, retain: t.int(cx, "retain", 1).unwrap_or(3) as usize })
     });
-    Some(JobSpec { name, source: source?, schema: schema?, time: time?, steps, sinks, dead_letter_path, runtime, checkpoint })
+    Some(JobSpec { name, source: source?, schema: schema?, time: time?, steps, sinks, dead_letter: dead_letter?, runtime, checkpoint })
 }
 
 fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
@@ -821,7 +844,18 @@ fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
         K::Kafka => {
             t.check_keys(
                 cx,
-                &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "group_id", "start", "bounded", "properties"],
+                &[
+                    "type",
+                    "format",
+                    "bootstrap_servers",
+                    "bootstrap_file",
+                    "topic",
+                    "group_id",
+                    "start",
+                    "bounded",
+                    "pause_after",
+                    "properties",
+                ],
             );
             t.choice(cx, "format", &[("json", ())], Some(()));
             let bootstrap = read_bootstrap(cx, t)?;
@@ -833,6 +867,7 @@ fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
                 group_id: t.string(cx, "group_id").map(|g| g.value),
                 from_earliest,
                 bounded: t.boolean(cx, "bounded").unwrap_or(false),
+                pause_after: t.duration(cx, "pause_after").unwrap_or(time::MICROS_PER_SEC),
                 properties: read_properties(cx, t),
             }))
         }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,12 @@ use timely::dataflow::operators::{Capability, Probe};
 use timely::dataflow::{ProbeHandle, Scope, Stream};
 use timely::worker::Worker;
 
+use tenantflow_connectors::kafka::KafkaDeadLetters;
 use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::source::Empty;
-use tenantflow_connectors::{DeadLetterWriter, Sink, Source};
-use tenantflow_core::job::{LatePolicy, SinkSpec, Step};
+use tenantflow_connectors::{DeadLetterSink, DeadLetterWriter, Sink, Source};
+use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec, Step};
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
@@ -102,6 +103,11 @@ pub fn build(
     probe
 }
 
+/// How often a source looks whether its checkpoints were committed.
+const COMMIT_CHECK: Duration = Duration::from_millis(100);
+/// Checkpoints a source remembers while waiting for their commit (older ones are superseded).
+const MAX_UNCOMMITTED: usize = 16;
+
 #[allow(clippy::too_many_arguments)]
 fn ingest<'s>(
     scope: Scope<'s, u64>,
@@ -128,25 +134,41 @@ fn ingest<'s>(
         let mut epoch = ckpt.as_ref().map_or(0, |c| c.first_epoch());
         let mut next_checkpoint = ckpt.as_ref().map(|c| Instant::now() + c.interval);
         let mut savepoint_taken = false;
+        let mut uncommitted =
+            Uncommitted { ingest, ckpt: ckpt.clone(), shared: Arc::clone(&shared), states: VecDeque::new(), checked: Instant::now() };
         let mut msgs: Vec<Envelope> = Vec::new();
         move |output| {
             let Some(c) = cap.as_mut() else { return };
+            uncommitted.check(false);
+            let ingest = &mut uncommitted.ingest;
             // A checkpoint: record where the source is, then put a barrier behind everything it
             // sent so far, on every channel. This comes before the backpressure check: a source
             // held back must still take part, or the other sources' barriers wait for it forever.
             if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
-                // A stop request takes a checkpoint (the savepoint) at once, then no more.
-                let stop = ck.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
-                if stop && !savepoint_taken || !stop && Instant::now() >= at {
+                // The epochs to start now: the next one when the interval is up; on a stop
+                // request, every epoch up to the savepoint (then no more).
+                let stop = ck.stop.as_ref().is_some_and(|s| s.load(SeqCst));
+                let upto = if stop && !savepoint_taken {
+                    savepoint_taken = true;
+                    savepoint_epoch(&shared, epoch)
+                } else if !stop && Instant::now() >= at {
+                    shared.started_epoch.fetch_max(epoch + 1, SeqCst);
+                    epoch + 1
+                } else {
+                    epoch
+                };
+                while epoch < upto {
                     epoch += 1;
-                    if stop {
-                        savepoint_taken = true;
-                        shared.savepoint_epoch.fetch_max(epoch, Relaxed);
-                    }
                     next_checkpoint = Some(Instant::now() + ck.interval);
                     let state = ingest.snapshot();
-                    match state.map(|s| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &s, ck.crypto.as_ref())) {
-                        Some(Ok(())) => {
+                    match state
+                        .map(|s| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &s, ck.crypto.as_ref()).map(|()| s))
+                    {
+                        Some(Ok(s)) => {
+                            if uncommitted.states.len() == MAX_UNCOMMITTED {
+                                uncommitted.states.pop_front();
+                            }
+                            uncommitted.states.push_back((epoch, s));
                             let barriers = (0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }));
                             output.session(&*c).give_iterator(barriers);
                         }
@@ -183,6 +205,55 @@ fn ingest<'s>(
             }
         }
     })
+}
+
+/// The savepoint's epoch, agreed by the workers of this process: the first to see the stop
+/// request picks the epoch after the newest any worker started; every worker then starts the
+/// epochs up to it. (A worker starting an epoch records it in `started_epoch` before it looks
+/// for a savepoint, so none can have gone past the one picked.)
+fn savepoint_epoch(shared: &Shared, mine: u64) -> u64 {
+    let candidate = shared.started_epoch.load(SeqCst).max(mine) + 1;
+    let _ = shared.savepoint_epoch.compare_exchange(0, candidate, SeqCst, SeqCst);
+    shared.savepoint_epoch.load(SeqCst).max(mine)
+}
+
+/// The ingest logic with the source states of checkpoints not known to be committed yet
+/// (oldest first). Once one is, the source publishes it (Kafka: the consumer group's offsets);
+/// when the operator is dropped (stopped after a savepoint), a last look catches the savepoint.
+struct Uncommitted {
+    ingest: Ingest,
+    ckpt: Option<Arc<Checkpointing>>,
+    shared: Arc<Shared>,
+    states: VecDeque<(u64, Vec<u8>)>,
+    checked: Instant,
+}
+
+impl Uncommitted {
+    fn check(&mut self, now: bool) {
+        let Some(ck) = self.ckpt.as_ref() else { return };
+        if self.states.is_empty() || !now && self.checked.elapsed() < COMMIT_CHECK {
+            return;
+        }
+        self.checked = Instant::now();
+        // Checkpoints are committed in epoch order (by worker 0 of process 0, so other processes
+        // look for the manifest) and retention may have removed older ones already: the newest
+        // committed epoch covers the rest.
+        let committed = self.shared.committed_epoch.load(Relaxed);
+        let done =
+            self.states.iter().rposition(|(e, _)| committed >= *e || checkpoint::epoch_dir(&ck.root, *e).join("MANIFEST.json").exists());
+        if let Some(i) = done {
+            let mut done = self.states.drain(..=i);
+            if let Some((_, state)) = done.next_back() {
+                self.ingest.committed(&state);
+            }
+        }
+    }
+}
+
+impl Drop for Uncommitted {
+    fn drop(&mut self) {
+        self.check(true);
+    }
 }
 
 fn route(m: &Envelope) -> u64 {
@@ -480,10 +551,24 @@ fn sink<'s>(
     })
 }
 
+fn open_dead_letters(plan: &Plan, shared: &Shared) -> Box<dyn DeadLetterSink> {
+    match &plan.spec.dead_letter {
+        DeadLetterSpec::File { path } => Box::new(DeadLetterWriter::new(path)),
+        DeadLetterSpec::Kafka(spec) => match KafkaDeadLetters::open(spec) {
+            Ok(k) => Box::new(k),
+            Err(e) => {
+                // The error stops the job; until then dead letters go to the default file.
+                shared.error(format!("dead-letter topic {}: {e}", spec.topic));
+                Box::new(DeadLetterWriter::new(&format!("{}.dead-letters.jsonl", plan.spec.name)))
+            }
+        },
+    }
+}
+
 /// Worker 0's writers.
 struct SinkState {
     sinks: Vec<Box<dyn Sink>>,
-    dead: DeadLetterWriter,
+    dead: Box<dyn DeadLetterSink>,
     late: Option<Box<dyn Sink>>,
     tenants: TenantCounts,
     shared: Arc<Shared>,
@@ -504,7 +589,7 @@ impl SinkState {
         });
         SinkState {
             sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice())),
-            dead: DeadLetterWriter::new(&plan.spec.dead_letter_path),
+            dead: open_dead_letters(plan, shared),
             late,
             tenants: TenantCounts::default(),
             shared: Arc::clone(shared),
@@ -547,7 +632,7 @@ impl SinkState {
         }
         for d in &dead {
             if let Err(e) = self.dead.write(d) {
-                shared.error(format!("dead-letter write to {} failed: {e}", self.dead.path()));
+                shared.error(format!("dead-letter write to {} failed: {e}", self.dead.describe()));
             }
         }
         if let Some(l) = self.late.as_mut() {

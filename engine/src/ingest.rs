@@ -107,6 +107,13 @@ impl Ingest {
         Ok(())
     }
 
+    /// The checkpoint holding `snapshot` (from [`Ingest::snapshot`]) is committed.
+    pub fn committed(&mut self, snapshot: &[u8]) {
+        if let Ok(state) = bincode::deserialize::<IngestState>(snapshot) {
+            self.source.committed(&state.source);
+        }
+    }
+
     /// How long to pause after `Status::Pending`.
     pub fn retry_after(&self) -> Duration {
         self.source.retry_after()

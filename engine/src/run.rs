@@ -13,7 +13,7 @@ use tenantflow_connectors::json::JsonDecoder;
 use tenantflow_connectors::kafka::KafkaSource;
 use tenantflow_connectors::source::{expand, Empty, FileSource, StdinSource};
 use tenantflow_connectors::{ConnectorError, Source};
-use tenantflow_core::job::{SourceSpec, WindowKind};
+use tenantflow_core::job::{DeadLetterSpec, SourceSpec, WindowKind};
 use tenantflow_core::{time, Plan};
 
 use crate::checkpoint::{self, CheckpointError, Crypto};
@@ -189,7 +189,9 @@ fn open_source(plan: &Plan, worker: usize, workers: usize) -> Result<Box<dyn Sou
         SourceSpec::Kafka(k) => {
             let time_pos = if plan.event_time() { plan.time_pos } else { None };
             let idle = plan.spec.time.idle_timeout.map(|us| Duration::from_micros(us as u64));
-            Box::new(KafkaSource::open(k, worker, workers, decoder(), time_pos, idle)?)
+            // Partitions keep within the backpressure distance of each other.
+            let align = time_pos.map(|_| max_lead(plan) as i64);
+            Box::new(KafkaSource::open(k, worker, workers, decoder(), time_pos, idle, align)?)
         }
         SourceSpec::Generator(g) => Box::new(Generator::new(g, &plan.input, worker, workers)),
         SourceSpec::File { paths } => Box::new(FileSource::open(paths, worker, workers, decoder())?),
@@ -208,11 +210,13 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
     let restoring = ckpt.as_ref().is_some_and(|c| c.restore.is_some());
     if cfg.process == 0 && !restoring {
         // Dead letters are written only if there are any: do not leave a previous run's file behind.
-        match std::fs::remove_file(&plan.spec.dead_letter_path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(EngineError::Config(format!("cannot replace dead-letter file {}: {e}", plan.spec.dead_letter_path)))
+        if let DeadLetterSpec::File { path } = &plan.spec.dead_letter {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(EngineError::Config(format!("cannot replace dead-letter file {path}: {e}")))
+                }
+                _ => {}
             }
-            _ => {}
         }
     }
     let plan = Arc::new(plan);

@@ -63,6 +63,8 @@ pub struct Shared {
     pub committed_epoch: AtomicU64,
     /// Set by a stop request: the epoch of the savepoint the sources started (0: none yet).
     pub savepoint_epoch: AtomicU64,
+    /// The newest checkpoint epoch any source of this process started.
+    pub started_epoch: AtomicU64,
     /// Size (bytes) and duration (µs, first part written to commit) of the latest checkpoint.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_duration_us: AtomicU64,
@@ -88,6 +90,7 @@ impl Shared {
             checkpoints: AtomicU64::new(0),
             committed_epoch: AtomicU64::new(0),
             savepoint_epoch: AtomicU64::new(0),
+            started_epoch: AtomicU64::new(0),
             checkpoint_bytes: AtomicU64::new(0),
             checkpoint_duration_us: AtomicU64::new(0),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
