@@ -182,17 +182,14 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
             _ => anyhow::bail!("--checkpoint-interval: invalid duration \"{d}\" (expected e.g. \"500ms\", \"10s\")"),
         },
     };
-    // With checkpoints, SIGTERM or Ctrl-C stops the job with a savepoint; a second one kills it.
-    let stop = if plan.spec.checkpoint.is_some() {
-        let flag = Arc::new(AtomicBool::new(false));
-        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag)).context("installing a signal handler")?;
-            signal_hook::flag::register(signal, Arc::clone(&flag)).context("installing a signal handler")?;
-        }
-        Some(flag)
-    } else {
-        None
-    };
+    // SIGTERM or Ctrl-C stops the job: with a savepoint when it has checkpoints, else by ending
+    // the sources and draining. A second one kills it.
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&flag)).context("installing a signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&flag)).context("installing a signal handler")?;
+    }
+    let stop = Some(flag);
     let cfg = RunConfig {
         stop,
         workers: args.workers,

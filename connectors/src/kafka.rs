@@ -515,10 +515,20 @@ impl Output {
         Ok(())
     }
 
+    /// Serves delivery reports without waiting, and reports deliveries that failed so far.
+    fn poll(&self) -> std::io::Result<()> {
+        self.producer.poll(Duration::ZERO);
+        self.failures()
+    }
+
     /// Waits for every delivery (librdkafka retries transient errors until message.timeout.ms)
     /// and reports those that failed.
     fn flush(&self) -> std::io::Result<()> {
         self.producer.flush(Duration::from_secs(60)).map_err(|e| std::io::Error::other(format!("kafka flush to {}: {e}", self.topic)))?;
+        self.failures()
+    }
+
+    fn failures(&self) -> std::io::Result<()> {
         let failed = self.errors.0.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default();
         match failed.first() {
             Some(first) => Err(std::io::Error::other(format!("{} deliveries to {} failed, first: {first}", failed.len(), self.topic))),
@@ -580,7 +590,16 @@ impl Sink for KafkaSink {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.out.poll()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+
+    /// Waits until every row produced so far is delivered.
+    fn checkpoint(&mut self) -> std::io::Result<Option<u64>> {
+        self.out.flush().map(|()| None)
     }
 }
 
@@ -625,6 +644,10 @@ impl DeadLetterSink for KafkaDeadLetters {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
+        self.out.poll()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
         self.out.flush()
     }
 

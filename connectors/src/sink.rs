@@ -11,7 +11,13 @@ use crate::source::DeadLetter;
 
 pub trait Sink {
     fn write(&mut self, row: &[Value]) -> io::Result<()>;
+    /// Hands what was written on (to the OS, to librdkafka) without waiting for it to arrive.
     fn flush(&mut self) -> io::Result<()>;
+
+    /// The job is ending: waits until everything written has arrived.
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 
     /// Makes everything written so far durable and returns how far the output goes (bytes for
     /// files), for a checkpoint; `None` when the output cannot be rolled back (stdout, Kafka).
@@ -238,7 +244,12 @@ impl Sink for Discard {
 /// Where dead letters go (`[dead_letter]`): a JSON-lines file or a Kafka topic.
 pub trait DeadLetterSink: Send {
     fn write(&mut self, d: &DeadLetter) -> io::Result<()>;
+    /// As [`Sink::flush`].
     fn flush(&mut self) -> io::Result<()>;
+    /// As [`Sink::finish`].
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
     /// Makes what was written durable and returns the position to resume from after a restore
     /// (the file length; 0 for outputs that deduplicate by record id instead).
     fn checkpoint(&mut self) -> io::Result<u64>;

@@ -186,7 +186,7 @@ fn ingest<'s>(
             }
             ingest.pause(false);
             let mut batch = Vec::new();
-            let status = ingest.step(&mut batch);
+            let status = if shared.end_sources.load(Relaxed) { Status::Done } else { ingest.step(&mut batch) };
             msgs.extend(batch.into_iter().map(|m| (me, m)));
             if matches!(status, Status::Done) {
                 msgs.extend((0..peers).map(|to| (me, Msg::End { to })));
@@ -538,15 +538,19 @@ fn sink<'s>(
             // As for windows: a timestamp is complete only when nothing of it waits behind a barrier.
             let stashed = aligner.stashed_min().unwrap_or(u64::MAX);
             let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t) && *t < stashed).collect();
-            if ready.is_empty() {
-                return;
-            }
             let Some(st) = state.as_mut() else { return };
-            for t in ready {
-                let Some(msgs) = pending.remove(&t) else { continue };
-                st.write_time(msgs, tenant_out, &shared);
+            if !ready.is_empty() {
+                for t in ready {
+                    let Some(msgs) = pending.remove(&t) else { continue };
+                    st.write_time(msgs, tenant_out, &shared);
+                }
+                st.flush(&shared);
             }
-            st.flush(&shared);
+            // All input is in: wait until every output has received it, and report what failed.
+            if frontier.frontier().is_empty() && pending.is_empty() {
+                st.finish(&shared);
+                state = None;
+            }
         }
     })
 }
@@ -691,6 +695,22 @@ impl SinkState {
         let _ = self.dead.flush();
         if let Some(l) = self.late.as_mut() {
             let _ = l.flush();
+        }
+    }
+
+    fn finish(&mut self, shared: &Shared) {
+        for s in &mut self.sinks {
+            if let Err(e) = s.finish() {
+                shared.error(format!("sink failed: {e}"));
+            }
+        }
+        if let Err(e) = self.dead.finish() {
+            shared.error(format!("dead letters to {}: {e}", self.dead.describe()));
+        }
+        if let Some(l) = self.late.as_mut() {
+            if let Err(e) = l.finish() {
+                shared.error(format!("late output: {e}"));
+            }
         }
     }
 }

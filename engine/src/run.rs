@@ -53,7 +53,8 @@ pub struct RunConfig {
     pub restore: Option<RestoreFrom>,
     /// Overrides the job's `[checkpoint] interval`.
     pub checkpoint_interval: Option<Duration>,
-    /// When set (e.g. by SIGTERM), the job takes a savepoint and stops.
+    /// When set (e.g. by SIGTERM), the job takes a savepoint and stops; without checkpoints its
+    /// sources end and it drains (every open window fires) like a bounded job.
     pub stop: Option<Arc<AtomicBool>>,
 }
 
@@ -228,6 +229,7 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
     tracing::info!(job = %plan.spec.name, workers = cfg.workers, processes = cfg.processes, "job running");
 
     let (p, s) = (Arc::clone(&plan), Arc::clone(&shared));
+    let (stop, drain) = (cfg.stop.clone(), ckpt.is_none());
     let guards = timely::execute(config, move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let local = index % s.watermarks.len().max(1);
@@ -241,6 +243,10 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
         let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead, ckpt.clone());
         while !probe.done() {
             worker.step_or_park(Some(Duration::from_millis(20)));
+            // Stopped without checkpoints: the sources end, and the job drains like a bounded one.
+            if drain && stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                s.end_sources.store(true, Ordering::SeqCst);
+            }
             // Stopped with a savepoint: everything after it will be recomputed on restore.
             let savepoint = s.savepoint_epoch.load(Relaxed);
             if savepoint > 0 && s.committed_epoch.load(Relaxed) >= savepoint {

@@ -1,7 +1,7 @@
 //! Job counters shared by the workers of a process, per-tenant counts, and the final report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct Shared {
     pub savepoint_epoch: AtomicU64,
     /// The newest checkpoint epoch any source of this process started.
     pub started_epoch: AtomicU64,
+    /// A stop request without checkpoints: the sources end.
+    pub end_sources: AtomicBool,
     /// Size (bytes) and duration (µs, first part written to commit) of the latest checkpoint.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_duration_us: AtomicU64,
@@ -91,6 +93,7 @@ impl Shared {
             committed_epoch: AtomicU64::new(0),
             savepoint_epoch: AtomicU64::new(0),
             started_epoch: AtomicU64::new(0),
+            end_sources: AtomicBool::new(false),
             checkpoint_bytes: AtomicU64::new(0),
             checkpoint_duration_us: AtomicU64::new(0),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),

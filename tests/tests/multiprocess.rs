@@ -89,8 +89,9 @@ fn two_processes_match_two_threads() {
         .expect("spawn tenantflow");
     wait_all(vec![one], Duration::from_secs(120));
 
-    // Ports derived from the pid keep parallel test runs apart.
-    let base = 20_000 + (std::process::id() % 20_000) as u16 * 2;
+    // Ports derived from the pid keep parallel test runs apart; they stay below Linux's
+    // ephemeral range (32768 and up), where client sockets and mock brokers take theirs.
+    let base = 12_000 + (std::process::id() % 10_000) as u16 * 2;
     let hostfile = procs.path().join("hosts");
     std::fs::write(&hostfile, format!("127.0.0.1:{}\n127.0.0.1:{}\n", base, base + 1)).expect("hostfile");
     let children: Vec<_> = (0..2)
