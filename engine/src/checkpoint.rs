@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Version of the state layout inside part files; a restore refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &[u8; 4] = b"TFCK";
 const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
 /// Environment variable holding the checkpoint key: 64 hex digits (256 bits).

@@ -26,7 +26,6 @@ use timely::worker::Worker;
 use tenantflow_connectors::kafka::KafkaDeadLetters;
 use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
-use tenantflow_connectors::source::Empty;
 use tenantflow_connectors::{DeadLetterSink, DeadLetterWriter, Sink, Source};
 use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec, Step};
 use tenantflow_core::plan::{CompiledStep, Plan};
@@ -124,8 +123,10 @@ fn ingest<'s>(
         let activator = scope.activator_for(info.address);
         let mut cap = Some(cap);
         let finished = ckpt.as_ref().and_then(|c| c.restore.as_ref()).is_some_and(|r| r.manifest.finished_sources.contains(&me));
-        let src: Box<dyn Source> = if finished { Box::new(Empty) } else { src };
         let mut ingest = Ingest::new(plan, src, Arc::clone(&shared), local);
+        if finished {
+            ingest.finish_source();
+        }
         if let Some(bytes) = ckpt.as_ref().filter(|_| !finished).and_then(|c| c.restored_part(&format!("ingest-{me}"), &shared)) {
             if let Err(e) = ingest.restore(&bytes) {
                 shared.error(format!("restore ingest-{me}: {e}"));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tenantflow_connectors::sink::row_to_json;
+use tenantflow_connectors::source::Empty;
 use tenantflow_connectors::{Batch, DeadLetter, Poll, Source};
 use tenantflow_core::job::LatePolicy;
 use tenantflow_core::plan::{CompiledStep, Plan};
@@ -42,6 +43,8 @@ struct IngestState {
     source: Vec<u8>,
     max_ts: i64,
     watermark: i64,
+    /// The source had ended: a restore must not read it again.
+    finished: bool,
 }
 
 pub struct Ingest {
@@ -63,6 +66,8 @@ pub struct Ingest {
     shared: Arc<Shared>,
     local: usize,
     idle_since: Option<Instant>,
+    /// The source has ended (also in the run a checkpoint came from).
+    finished: bool,
 }
 
 impl Ingest {
@@ -88,6 +93,7 @@ impl Ingest {
             shared,
             local,
             idle_since: None,
+            finished: false,
             plan,
         }
     }
@@ -95,16 +101,27 @@ impl Ingest {
     /// This operator's state for a checkpoint: the source position and the watermark. (The
     /// pre-aggregator is empty between steps.) `None` when the source cannot be replayed.
     pub fn snapshot(&self) -> Option<Vec<u8>> {
-        let state = IngestState { source: self.source.checkpoint()?, max_ts: self.max_ts, watermark: self.watermark };
+        let state =
+            IngestState { source: self.source.checkpoint()?, max_ts: self.max_ts, watermark: self.watermark, finished: self.finished };
         bincode::serialize(&state).ok()
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
         let state: IngestState = bincode::deserialize(bytes).map_err(|e| format!("bad ingest state: {e}"))?;
-        self.source.restore(&state.source)?;
+        if state.finished {
+            self.finish_source();
+        } else {
+            self.source.restore(&state.source)?;
+        }
         self.max_ts = state.max_ts;
         self.watermark = state.watermark;
         Ok(())
+    }
+
+    /// The source ended in an earlier run: this one reads nothing.
+    pub fn finish_source(&mut self) {
+        self.source = Box::new(Empty);
+        self.finished = true;
     }
 
     /// The checkpoint holding `snapshot` (from [`Ingest::snapshot`]) is committed.
@@ -169,6 +186,7 @@ impl Ingest {
         }
         match status {
             Poll::Done => {
+                self.finished = true;
                 self.publish(IDLE);
                 Status::Done
             }
@@ -378,5 +396,37 @@ mod tests {
         quiet.step(&mut out);
         assert_eq!(quiet.watermark(), i64::MIN);
         assert_ne!(shared.watermarks[0].load(Relaxed), IDLE);
+    }
+
+    /// A source that must not be read again: restoring a position into it fails.
+    struct Replayable;
+
+    impl Source for Replayable {
+        fn poll(&mut self, _: &mut Batch, _: usize) -> Poll {
+            Poll::Pending
+        }
+
+        fn restore(&mut self, state: &[u8]) -> Result<(), String> {
+            if state.is_empty() {
+                Err("no position".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// A worker whose source had ended takes a checkpoint before it says so downstream (its
+    /// first activation came after the checkpoint interval): restoring that checkpoint must
+    /// leave it ended, not hand the ended source's empty position to the real source.
+    #[test]
+    fn an_ended_source_stays_ended_after_a_restore() {
+        let shared = Arc::new(Shared::new(1));
+        let mut ended = ingest("", &shared);
+        ended.finish_source();
+        let snapshot = ended.snapshot().expect("an ended source can be checkpointed");
+        let mut restored = ingest("", &shared);
+        restored.source = Box::new(Replayable);
+        assert_eq!(restored.restore(&snapshot), Ok(()));
+        assert!(matches!(restored.step(&mut Vec::new()), Status::Done));
     }
 }
