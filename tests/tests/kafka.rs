@@ -5,6 +5,8 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tenantflow_tests::tenantflow_bin;
@@ -27,7 +29,8 @@ fn kcat() -> &'static str {
     "kcat"
 }
 
-/// Runs a command to completion within `limit`, returning its stdout.
+/// Runs a command to completion within `limit`, returning its stdout. Its output is read while
+/// it runs: a consumer printing more than a pipe holds would otherwise block forever.
 fn run(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> String {
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn");
@@ -35,18 +38,26 @@ fn run(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> String {
         let mut pipe = child.stdin.take().expect("stdin");
         pipe.write_all(text.as_bytes()).expect("write stdin");
     }
-    let start = Instant::now();
-    loop {
-        match child.try_wait().expect("wait") {
-            Some(_) => break,
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                panic!("{cmd:?} did not finish within {limit:?}");
+    let pid = child.id() as libc::pid_t;
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !done.load(Ordering::SeqCst) {
+                if start.elapsed() > limit {
+                    // SAFETY: signalling our own child, which has not been reaped yet.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
+            false
+        })
+    };
     let out = child.wait_with_output().expect("output");
+    done.store(true, Ordering::SeqCst);
+    assert!(!watchdog.join().expect("watchdog"), "{cmd:?} did not finish within {limit:?}");
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
