@@ -390,30 +390,51 @@ fn kafka_job(bootstrap: &str, events: u64, workers: usize) -> anyhow::Result<ser
 }
 
 /// Produce-to-sink latency (issue #3): a producer sends `rate` events/s, each carrying its send
-/// time (µs since the epoch), for `secs` seconds; a tenantflow job filters and projects them
-/// from Kafka to Kafka; a consumer records, for each result, the time from send to receipt in
-/// an HDR histogram. The baseline, in the same run, is the same producer and consumer on one
-/// topic with no job between them: what the mock cluster itself costs. Everything runs in
-/// this process.
+/// time (µs since the epoch), for `secs` seconds into a 16-partition topic; what sits between
+/// (see [`Between`]) filters out every tenth event and passes the rest on; a reader records, for
+/// each result, the time from send to receipt in an HDR histogram. All in this process, on one
+/// mock cluster per run.
 fn latency_bench(rate: u64, secs: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
-    let baseline = latency_run(rate, secs, workers, false)?;
-    let mut job = latency_run(rate, secs, workers, true)?;
-    job["name"] = "kafka_latency_filter_project".into();
-    job["mock_kafka_baseline"] = baseline;
-    Ok(job)
+    let mut runs = Vec::new();
+    for between in [Between::Nothing, Between::JobToFile, Between::BarePipe, Between::JobToKafka] {
+        runs.push(latency_run(rate, secs, workers, between)?);
+    }
+    Ok(serde_json::json!({ "name": "kafka_latency", "workers": workers, "events_per_sec_offered": rate, "runs": runs }))
 }
 
-fn latency_run(rate: u64, secs: u64, workers: usize, through_job: bool) -> anyhow::Result<serde_json::Value> {
+/// What sits between the producer and the reader of the results in a latency run.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Between {
+    /// Nothing: the reader reads the events topic (one trip through the broker).
+    Nothing,
+    /// The filter-and-project job writing to a file that the reader tails (one trip).
+    JobToFile,
+    /// A bare rdkafka consumer forwarding all but the skipped events to a results topic, keyed
+    /// by tenant like the job's sink, with the job's fetch wait and linger (two trips).
+    BarePipe,
+    /// The filter-and-project job writing to a results topic (two trips).
+    JobToKafka,
+}
+
+fn latency_run(rate: u64, secs: u64, workers: usize, between: Between) -> anyhow::Result<serde_json::Value> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::producer::{BaseProducer, BaseRecord};
     use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use std::io::Read;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
     let partitions = 16;
     let cluster = tenantflow_connectors::kafka::DevCluster::start(1, &["events".to_string(), "out".to_string()], partitions)?;
     let bootstrap = cluster.bootstrap_servers();
+    let out_file = std::env::temp_dir().join(format!("tenantflow-latency-{}.jsonl", std::process::id()));
+    std::fs::write(&out_file, "")?;
     let now_us = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+    let sink = if between == Between::JobToFile {
+        format!("type = \"file\"\npath = \"{}\"", out_file.display())
+    } else {
+        format!("type = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\ntopic = \"out\"\nproperties = {{ \"linger.ms\" = 1 }}")
+    };
     let text = format!(
         r#"
 name = "latency"
@@ -445,24 +466,53 @@ filter = "kind <> 'skip'"
 select = ["tenant", "user", "sent_us"]
 
 [[sinks]]
-type = "kafka"
-bootstrap_servers = "{bootstrap}"
-topic = "out"
-properties = {{ "linger.ms" = 1 }}
+{sink}
 "#
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let job = if through_job {
-        let plan = tenantflow_core::plan::load("latency.toml", &text, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let stop = Arc::clone(&stop);
-        Some(std::thread::spawn(move || {
-            tenantflow_engine::run(plan, &tenantflow_engine::RunConfig { workers, stop: Some(stop), ..Default::default() })
-        }))
-    } else {
-        None
+    let between_thread: Option<std::thread::JoinHandle<anyhow::Result<()>>> = match between {
+        Between::Nothing => None,
+        Between::BarePipe => {
+            let (stop, bootstrap) = (Arc::clone(&stop), bootstrap.clone());
+            Some(std::thread::spawn(move || {
+                let source: BaseConsumer = ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .set("group.id", "pipe")
+                    .set("fetch.wait.max.ms", "5")
+                    .create()?;
+                let mut tpl = TopicPartitionList::new();
+                for p in 0..partitions {
+                    tpl.add_partition_offset("events", p, Offset::End)?;
+                }
+                source.assign(&tpl)?;
+                let sink: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "1").create()?;
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(Ok(m)) = source.poll(Duration::from_millis(1)) {
+                        let payload = m.payload().unwrap_or_default();
+                        if !payload.windows(13).any(|w| w == br#""kind":"skip""#) {
+                            // The payload starts with `{"tenant":NN`: those digits are the key.
+                            let tenant = payload.get(10..12).unwrap_or_default();
+                            while sink.send(BaseRecord::to("out").payload(payload).key(tenant)).is_err() {
+                                sink.poll(Duration::from_millis(1));
+                            }
+                        }
+                    }
+                    sink.poll(Duration::ZERO);
+                }
+                Ok(())
+            }))
+        }
+        Between::JobToFile | Between::JobToKafka => {
+            let plan = tenantflow_core::plan::load("latency.toml", &text, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let stop = Arc::clone(&stop);
+            Some(std::thread::spawn(move || {
+                let config = tenantflow_engine::RunConfig { workers, stop: Some(stop), ..Default::default() };
+                tenantflow_engine::run(plan, &config).map(|_| ()).map_err(anyhow::Error::from)
+            }))
+        }
     };
     // The reader of the results (or, for the baseline, of the events), from the start.
-    let topic = if through_job { "out" } else { "events" };
+    let topic = if between == Between::Nothing { "events" } else { "out" };
     let consumer: BaseConsumer =
         ClientConfig::new().set("bootstrap.servers", &bootstrap).set("group.id", "latency").set("fetch.wait.max.ms", "1").create()?;
     let mut tpl = TopicPartitionList::new();
@@ -471,14 +521,21 @@ properties = {{ "linger.ms" = 1 }}
     }
     consumer.assign(&tpl)?;
     drop(tpl);
+    let mut file = std::fs::File::open(&out_file)?;
+    let (mut tail, mut lines_read) = (Vec::new(), 0usize);
     // Give the job time to start and assign its partitions (it reads from the latest offsets).
     std::thread::sleep(Duration::from_secs(2));
 
     let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", &bootstrap).set("linger.ms", "5").create()?;
     let total = rate * secs;
     let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    // The job filters out every tenth event.
-    let expected = if through_job { total - total / 10 } else { total };
+    let mut record = |row: &[u8]| -> anyhow::Result<()> {
+        let row: serde_json::Value = serde_json::from_slice(row)?;
+        let sent_us = row["sent_us"].as_u64().unwrap_or(0);
+        histogram.record(now_us().saturating_sub(sent_us).max(1))?;
+        Ok(())
+    };
+    let expected = if between == Between::Nothing { total } else { total - total / 10 };
     let (mut sent, mut received) = (0u64, 0u64);
     let start = Instant::now();
     let mut payload = String::new();
@@ -501,26 +558,40 @@ properties = {{ "linger.ms" = 1 }}
             sent += 1;
         }
         producer.poll(Duration::ZERO);
-        while let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
-            let row: serde_json::Value = serde_json::from_slice(m.payload().unwrap_or_default())?;
-            let sent_us = row["sent_us"].as_u64().unwrap_or(0);
-            histogram.record(now_us().saturating_sub(sent_us).max(1))?;
-            received += 1;
+        if between == Between::JobToFile {
+            file.read_to_end(&mut tail)?;
+            while let Some(end) = tail[lines_read..].iter().position(|&b| b == b'\n') {
+                record(&tail[lines_read..lines_read + end])?;
+                lines_read += end + 1;
+                received += 1;
+            }
+            tail.drain(..lines_read);
+            lines_read = 0;
+        } else {
+            while let Some(Ok(m)) = consumer.poll(Duration::ZERO) {
+                record(m.payload().unwrap_or_default())?;
+                received += 1;
+            }
         }
         std::thread::sleep(Duration::from_micros(200));
     }
     stop.store(true, Ordering::SeqCst);
-    if let Some(job) = job {
-        let _ = job.join().map_err(|_| anyhow::anyhow!("the job panicked"))??;
+    if let Some(thread) = between_thread {
+        thread.join().map_err(|_| anyhow::anyhow!("{between:?} panicked"))??;
     }
+    let _ = std::fs::remove_file(&out_file);
     if received != expected {
-        bail!("received {received} of {expected} results");
+        bail!("{between:?}: received {received} of {expected} results");
     }
     let ms = |q: f64| (histogram.value_at_quantile(q) as f64 / 10.0).round() / 100.0;
+    let name = match between {
+        Between::Nothing => "producer_mock_consumer",
+        Between::JobToFile => "tenantflow_kafka_to_file",
+        Between::BarePipe => "bare_rdkafka_pipe_kafka_to_kafka",
+        Between::JobToKafka => "tenantflow_kafka_to_kafka",
+    };
     Ok(serde_json::json!({
-        "name": "kafka_latency_mock_baseline",
-        "workers": workers,
-        "events_per_sec_offered": rate,
+        "name": name,
         "events": total,
         "results": received,
         "p50_ms": ms(0.5),

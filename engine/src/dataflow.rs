@@ -134,7 +134,8 @@ fn ingest<'s>(
         }
         let mut epoch = ckpt.as_ref().map_or(0, |c| c.first_epoch());
         let mut next_checkpoint = ckpt.as_ref().map(|c| Instant::now() + c.interval);
-        let mut savepoint_taken = false;
+        // This process's savepoint proposal, once this worker has seen a stop request.
+        let mut proposal = 0;
         let mut uncommitted =
             Uncommitted { ingest, ckpt: ckpt.clone(), shared: Arc::clone(&shared), states: VecDeque::new(), checked: Instant::now() };
         let mut msgs: Vec<Envelope> = Vec::new();
@@ -148,11 +149,12 @@ fn ingest<'s>(
             if let (Some(ck), Some(at)) = (ckpt.as_ref(), next_checkpoint) {
                 // The epochs to start now: the next one when the interval is up; on a stop
                 // request, every epoch up to the savepoint (then no more).
-                let stop = ck.stop.as_ref().is_some_and(|s| s.load(SeqCst));
-                let upto = if stop && !savepoint_taken {
-                    savepoint_taken = true;
-                    savepoint_epoch(&shared, epoch)
-                } else if !stop && Instant::now() >= at {
+                let stop = ck.stop.as_ref().is_some_and(|s| s.load(SeqCst)) || shared.stop_requested();
+                let upto = if stop {
+                    let (mine, target) = shared.savepoint_target(epoch);
+                    proposal = mine;
+                    target
+                } else if Instant::now() >= at {
                     shared.started_epoch.fetch_max(epoch + 1, SeqCst);
                     epoch + 1
                 } else {
@@ -170,7 +172,7 @@ fn ingest<'s>(
                                 uncommitted.states.pop_front();
                             }
                             uncommitted.states.push_back((epoch, s));
-                            let barriers = (0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new() }));
+                            let barriers = (0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new(), stop: proposal }));
                             output.session(&*c).give_iterator(barriers);
                         }
                         Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
@@ -206,16 +208,6 @@ fn ingest<'s>(
             }
         }
     })
-}
-
-/// The savepoint's epoch, agreed by the workers of this process: the first to see the stop
-/// request picks the epoch after the newest any worker started; every worker then starts the
-/// epochs up to it. (A worker starting an epoch records it in `started_epoch` before it looks
-/// for a savepoint, so none can have gone past the one picked.)
-fn savepoint_epoch(shared: &Shared, mine: u64) -> u64 {
-    let candidate = shared.started_epoch.load(SeqCst).max(mine) + 1;
-    let _ = shared.savepoint_epoch.compare_exchange(0, candidate, SeqCst, SeqCst);
-    shared.savepoint_epoch.load(SeqCst).max(mine)
 }
 
 /// The ingest logic with the source states of checkpoints not known to be committed yet
@@ -275,11 +267,20 @@ struct Aligner {
     epoch: Option<u64>,
     finished: Vec<u32>,
     stash: VecDeque<(Capability<u64>, Envelope)>,
+    /// Savepoint proposals seen (sender, proposal; 0 for an ended sender), for `Shared::vote`.
+    votes: Vec<(u32, u64)>,
 }
 
 impl Aligner {
     fn new(senders: usize) -> Aligner {
-        Aligner { arrived: vec![false; senders], ended: vec![false; senders], epoch: None, finished: Vec::new(), stash: VecDeque::new() }
+        Aligner {
+            arrived: vec![false; senders],
+            ended: vec![false; senders],
+            epoch: None,
+            finished: Vec::new(),
+            stash: VecDeque::new(),
+            votes: Vec::new(),
+        }
     }
 
     fn blocked(&self, from: u32) -> bool {
@@ -289,7 +290,10 @@ impl Aligner {
     /// Takes a barrier or an end marker; returns the epoch when it completes the alignment.
     fn mark(&mut self, from: u32, msg: &Msg) -> Option<u64> {
         match msg {
-            Msg::Barrier { epoch, finished, .. } => {
+            Msg::Barrier { epoch, finished, stop, .. } => {
+                if *stop > 0 {
+                    self.votes.push((from, *stop));
+                }
                 self.epoch = Some(*epoch);
                 if let Some(a) = self.arrived.get_mut(from as usize) {
                     *a = true;
@@ -297,6 +301,7 @@ impl Aligner {
                 self.finished.extend(finished);
             }
             Msg::End { .. } => {
+                self.votes.push((from, 0));
                 if let Some(e) = self.ended.get_mut(from as usize) {
                     *e = true;
                 }
@@ -401,7 +406,7 @@ fn window<'s>(
                             shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
                         }
                     }
-                    output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished }));
+                    output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished, stop: 0 }));
                     return;
                 }
                 match (msg, store.as_mut()) {
@@ -412,6 +417,11 @@ fn window<'s>(
                     (other, _) => output.session(cap).give((me, other)),
                 }
             });
+            // Every worker's barriers reach every window operator: this is where a process
+            // learns of a stop request another process had, and of everyone's proposal.
+            for (from, proposal) in aligner.votes.drain(..) {
+                shared.vote(from, proposal, peers);
+            }
             let (Some(store), Some(aggs)) = (store.as_mut(), aggs.as_ref()) else { return };
             // Messages waiting behind a barrier count as not yet arrived: Timely's frontier has
             // moved past them, but their partials are not merged, so no window they touch fires.
@@ -537,6 +547,7 @@ fn sink<'s>(
                 None => pending.entry(*cap.time()).or_default().push(msg),
             });
             // As for windows: a timestamp is complete only when nothing of it waits behind a barrier.
+            aligner.votes.clear();
             let stashed = aligner.stashed_min().unwrap_or(u64::MAX);
             let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t) && *t < stashed).collect();
             let Some(st) = state.as_mut() else { return };

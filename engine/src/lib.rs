@@ -32,8 +32,9 @@ pub enum Msg {
     /// A late event's declared fields (late policy `side_output`).
     Late(Vec<Value>),
     /// Checkpoint barrier `epoch`, sent by every sender to every receiver `to`. Sources whose
-    /// input ended before it are listed in `finished`.
-    Barrier { epoch: u64, to: u32, finished: Vec<u32> },
+    /// input ended before it are listed in `finished`. `stop` is the sender's savepoint
+    /// proposal once it has seen a stop request (0 before).
+    Barrier { epoch: u64, to: u32, finished: Vec<u32>, stop: u64 },
     /// The sender's source is exhausted: it will send no more barriers.
     End { to: u32 },
 }

@@ -249,6 +249,12 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
             }
             // Stopped with a savepoint: everything after it will be recomputed on restore.
             let savepoint = s.savepoint_epoch.load(Relaxed);
+            if savepoint > 0 && s.committed_epoch.load(Relaxed) < savepoint {
+                // Process 0 commits; the others learn of it from the manifest.
+                if ckpt.as_ref().is_some_and(|c| checkpoint::epoch_dir(&c.root, savepoint).join("MANIFEST.json").exists()) {
+                    s.committed_epoch.fetch_max(savepoint, Ordering::SeqCst);
+                }
+            }
             if savepoint > 0 && s.committed_epoch.load(Relaxed) >= savepoint {
                 // Timely would otherwise run the dataflow to its end after we return.
                 for id in worker.installed_dataflows() {

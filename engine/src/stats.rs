@@ -1,7 +1,7 @@
 //! Job counters shared by the workers of a process, per-tenant counts, and the final report.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -61,8 +61,10 @@ pub struct Shared {
     pub checkpoints: AtomicU64,
     /// The newest committed checkpoint's epoch.
     pub committed_epoch: AtomicU64,
-    /// Set by a stop request: the epoch of the savepoint the sources started (0: none yet).
+    /// The savepoint's epoch once every worker of every process agreed on it (0: not yet).
     pub savepoint_epoch: AtomicU64,
+    /// How the workers agree on it.
+    savepoint: Mutex<SavepointVotes>,
     /// The newest checkpoint epoch any source of this process started.
     pub started_epoch: AtomicU64,
     /// A stop request without checkpoints: the sources end.
@@ -74,6 +76,16 @@ pub struct Shared {
     pub watermarks: Vec<AtomicI64>,
     tenants: Mutex<BTreeMap<String, TenantStats>>,
     errors: Mutex<Vec<String>>,
+}
+
+/// Stop-with-savepoint agreement across processes; see [`Shared::savepoint_target`].
+#[derive(Default)]
+struct SavepointVotes {
+    requested: bool,
+    /// This process's proposal (0: it has not seen a stop yet).
+    local: u64,
+    /// What each sender said: its proposal, or 0 for an ended source that never will.
+    votes: BTreeMap<u32, u64>,
 }
 
 pub const IDLE: i64 = i64::MAX;
@@ -92,6 +104,7 @@ impl Shared {
             checkpoints: AtomicU64::new(0),
             committed_epoch: AtomicU64::new(0),
             savepoint_epoch: AtomicU64::new(0),
+            savepoint: Mutex::new(SavepointVotes::default()),
             started_epoch: AtomicU64::new(0),
             end_sources: AtomicBool::new(false),
             checkpoint_bytes: AtomicU64::new(0),
@@ -128,6 +141,42 @@ impl Shared {
     /// The lowest watermark among active local sources.
     pub fn watermark(&self) -> Option<i64> {
         self.watermarks.iter().map(|w| w.load(Relaxed)).filter(|&w| w != IDLE && w != UNSET).min()
+    }
+
+    /// Whether a peer's barrier carried a stop request (this process may not have had one).
+    pub fn stop_requested(&self) -> bool {
+        self.savepoint.lock().is_ok_and(|v| v.requested)
+    }
+
+    /// Called by a worker that sees a stop request: returns the epoch up to which it must start
+    /// checkpoints now, and this process's proposal, which its barriers carry from then on.
+    ///
+    /// The proposal is the epoch after the newest any local worker had started (a worker records
+    /// an epoch in `started_epoch` before it looks for a stop, so none went past it). Processes
+    /// propose independently; the savepoint is the largest proposal, and every worker starts
+    /// epochs up to the largest it has heard of so far.
+    pub fn savepoint_target(&self, mine: u64) -> (u64, u64) {
+        let Ok(mut v) = self.savepoint.lock() else { return (mine, mine) };
+        if v.local == 0 {
+            v.local = self.started_epoch.load(SeqCst).max(mine) + 1;
+        }
+        let target = v.votes.values().copied().fold(v.local, u64::max);
+        (v.local, target)
+    }
+
+    /// Records what a sender's barrier or end marker said (`proposal` 0: no proposal, e.g. an
+    /// ended source). Once all `peers` senders have spoken, the savepoint epoch is settled.
+    pub fn vote(&self, from: u32, proposal: u64, peers: usize) {
+        let Ok(mut v) = self.savepoint.lock() else { return };
+        if proposal > 0 {
+            v.requested = true;
+        }
+        let entry = v.votes.entry(from).or_insert(0);
+        *entry = (*entry).max(proposal);
+        let proposals = v.votes.values().copied();
+        if v.requested && v.votes.len() == peers && v.votes.values().any(|&p| p > 0) {
+            self.savepoint_epoch.store(proposals.max().unwrap_or(0), SeqCst);
+        }
     }
 
     pub fn report(&self, elapsed: Duration) -> RunReport {
