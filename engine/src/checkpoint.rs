@@ -14,13 +14,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// Version of the state layout inside part files; a restore refuses other versions.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: bincode with variable-length integers (window state a third smaller than version 2's).
+pub const FORMAT_VERSION: u32 = 3;
 const MAGIC: &[u8; 4] = b"TFCK";
 const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
 /// Environment variable holding the checkpoint key: 64 hex digits (256 bits).
 pub const KEY_VAR: &str = "TENANTFLOW_CHECKPOINT_KEY";
 
 /// AES-256-GCM for part files.
+#[derive(Clone)]
 pub struct Crypto(aes_gcm::Aes256Gcm);
 
 impl Crypto {
@@ -115,11 +117,19 @@ fn sync_dir(dir: &Path) {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_from(path, &[bytes])
+}
+
+/// [`write_atomic`] of the concatenation of `pieces` (spares copying a large payload behind a
+/// header).
+fn write_atomic_from(path: &Path, pieces: &[&[u8]]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
+    for piece in pieces {
+        f.write_all(piece)?;
+    }
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path)?;
@@ -137,13 +147,133 @@ pub fn write_part(root: &Path, epoch: u64, name: &str, payload: &[u8], crypto: O
         }
         None => payload,
     };
-    let mut bytes = Vec::with_capacity(payload.len() + 20);
-    bytes.extend_from_slice(if crypto.is_some() { MAGIC_ENCRYPTED } else { MAGIC });
-    bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    bytes.extend_from_slice(payload);
-    write_atomic(&epoch_dir(root, epoch).join(name), &bytes)
+    let mut header = Vec::with_capacity(20);
+    header.extend_from_slice(if crypto.is_some() { MAGIC_ENCRYPTED } else { MAGIC });
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    write_atomic_from(&epoch_dir(root, epoch).join(name), &[&header, payload])
+}
+
+/// Operator state as part files hold it: bincode with variable-length integers.
+fn state_format() -> impl bincode::Options {
+    bincode::DefaultOptions::new()
+}
+
+/// Appends `value`, encoded as part files hold state, to `out`.
+pub fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> std::io::Result<()> {
+    bincode::Options::serialize_into(state_format(), out, value).map_err(std::io::Error::other)
+}
+
+pub fn encode<T: Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    bincode::Options::deserialize(state_format(), bytes).map_err(|e| e.to_string())
+}
+
+/// Whether every named part of checkpoint `epoch` has been written (parts appear under their
+/// final name only once fsynced, by whichever process wrote them).
+pub fn parts_written(root: &Path, epoch: u64, names: &[String]) -> bool {
+    let dir = epoch_dir(root, epoch);
+    names.iter().all(|n| dir.join(n).exists())
+}
+
+/// Parts queued on the writer before a worker that submits one more waits: bounds the memory
+/// of serialized state waiting for the disk.
+const QUEUED_PARTS: usize = 8;
+
+enum WriterJob {
+    Part { root: PathBuf, epoch: u64, name: String, payload: Vec<u8> },
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// Writes part files on a thread of their own, so that writing and fsyncing a large state does
+/// not stall the worker that serialized it (asynchronous snapshots, as Flink's). Correctness
+/// does not depend on when a part lands: a checkpoint is committed only once all of its parts
+/// exist ([`parts_written`]), so a crash with parts still queued leaves it uncommitted.
+pub struct PartWriter {
+    tx: Option<std::sync::mpsc::SyncSender<WriterJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    errors: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// Large buffers back from the disk, for the next snapshot: a fresh allocation of tens of
+    /// megabytes is mapped anew and faults in every page again.
+    buffers: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+}
+
+/// Buffers at least this large are kept for reuse, at most [`POOLED_BUFFERS`] of them.
+const POOLED_MIN: usize = 1 << 20;
+const POOLED_BUFFERS: usize = 2;
+
+impl PartWriter {
+    pub fn start(crypto: Option<Crypto>) -> std::io::Result<PartWriter> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<WriterJob>(QUEUED_PARTS);
+        let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let errs = std::sync::Arc::clone(&errors);
+        let buffers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let pool = std::sync::Arc::clone(&buffers);
+        let thread = std::thread::Builder::new().name("checkpoint-writer".into()).spawn(move || {
+            for job in rx {
+                match job {
+                    WriterJob::Part { root, epoch, name, mut payload } => {
+                        if let Err(e) = write_part(&root, epoch, &name, &payload, crypto.as_ref()) {
+                            if let Ok(mut errs) = errs.lock() {
+                                errs.push(format!("checkpoint {epoch}: writing {name}: {e}"));
+                            }
+                        }
+                        if let Ok(mut pool) = pool.lock() {
+                            if payload.capacity() >= POOLED_MIN && pool.len() < POOLED_BUFFERS {
+                                payload.clear();
+                                pool.push(payload);
+                            }
+                        }
+                    }
+                    WriterJob::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(PartWriter { tx: Some(tx), thread: Some(thread), errors, buffers })
+    }
+
+    /// An empty buffer for a part, with the capacity of an earlier large one when there is one.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.buffers.lock().ok().and_then(|mut b| b.pop()).unwrap_or_default()
+    }
+
+    /// Queues a part (waits while [`QUEUED_PARTS`] are queued already).
+    pub fn submit(&self, root: &Path, epoch: u64, name: String, payload: Vec<u8>) -> std::io::Result<()> {
+        let job = WriterJob::Part { root: root.to_path_buf(), epoch, name, payload };
+        let gone = || std::io::Error::other("the checkpoint writer stopped");
+        self.tx.as_ref().ok_or_else(gone)?.send(job).map_err(|_| gone())
+    }
+
+    /// Waits until every part queued so far is written (or failed).
+    pub fn flush(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.as_ref().is_some_and(|tx| tx.send(WriterJob::Flush(done)).is_ok()) {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Write failures since the last call.
+    pub fn take_errors(&self) -> Vec<String> {
+        self.errors.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default()
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread write what is queued and end.
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 pub fn read_part(path: &Path, crypto: Option<&Crypto>) -> Result<Vec<u8>, CheckpointError> {

@@ -32,7 +32,7 @@ use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
 use tenantflow_operators::{Aggregates, WindowStore};
 
-use crate::checkpoint::{self, Crypto, Restore};
+use crate::checkpoint::{self, Crypto, PartWriter, Restore};
 use crate::ingest::{Ingest, Status};
 use crate::stats::{Shared, TenantCounts};
 use crate::{Envelope, Msg};
@@ -59,8 +59,10 @@ pub struct Checkpointing {
     pub job: String,
     /// The checkpoint this run continues from.
     pub restore: Option<Restore>,
-    /// Encrypts part files (key from `TENANTFLOW_CHECKPOINT_KEY`).
+    /// Decrypts restored part files (key from `TENANTFLOW_CHECKPOINT_KEY`).
     pub crypto: Option<Crypto>,
+    /// Writes (and encrypts) this process's part files in the background.
+    pub writer: PartWriter,
     /// Set to stop the job with a savepoint.
     pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
@@ -164,9 +166,7 @@ fn ingest<'s>(
                     epoch += 1;
                     next_checkpoint = Some(Instant::now() + ck.interval);
                     let state = ingest.snapshot();
-                    match state
-                        .map(|s| checkpoint::write_part(&ck.root, epoch, &format!("ingest-{me}"), &s, ck.crypto.as_ref()).map(|()| s))
-                    {
+                    match state.map(|s| ck.writer.submit(&ck.root, epoch, format!("ingest-{me}"), s.clone()).map(|()| s)) {
                         Some(Ok(s)) => {
                             if uncommitted.states.len() == MAX_UNCOMMITTED {
                                 uncommitted.states.pop_front();
@@ -377,7 +377,7 @@ fn window<'s>(
         // A restored store needs capabilities for the results it still owes.
         if let (Some(store), Some(bytes)) = (store.as_mut(), ckpt.as_ref().and_then(|c| c.restored_part(&format!("window-{me}"), &shared)))
         {
-            match bincode::deserialize(&bytes) {
+            match checkpoint::decode(&bytes) {
                 Ok(snapshot) => {
                     for at in store.restore(snapshot) {
                         caps.insert(at, initial.delayed(&to_time(at)));
@@ -389,6 +389,7 @@ fn window<'s>(
         drop(initial);
         let mut aligner = Aligner::new(peers);
         let mut queue = VecDeque::new();
+        let mut last_part_len = 0;
         move |(input, frontier), output| {
             // Arrival order matters for alignment: `for_each`, not `for_each_stamp`.
             input.for_each(|cap, data| {
@@ -398,10 +399,13 @@ fn window<'s>(
             drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
                 if let Some((epoch, finished)) = barrier {
                     if let Some(ck) = ckpt.as_ref() {
-                        let state = store.as_ref().map(|s| bincode::serialize(&s.snapshot())).transpose();
-                        let written = state.map_err(std::io::Error::other).and_then(|s| {
-                            checkpoint::write_part(&ck.root, epoch, &format!("window-{me}"), &s.unwrap_or_default(), ck.crypto.as_ref())
-                        });
+                        // Serialized straight from the store (no copy of it), sized like the last
+                        // one; written and fsynced by the process's part writer.
+                        let mut bytes = ck.writer.buffer();
+                        bytes.reserve(last_part_len + last_part_len / 8);
+                        let state = store.as_ref().map_or(Ok(()), |s| checkpoint::encode_into(&mut bytes, &s.snapshot_ref()));
+                        last_part_len = bytes.len();
+                        let written = state.and_then(|()| ck.writer.submit(&ck.root, epoch, format!("window-{me}"), bytes));
                         if let Err(e) = written {
                             shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
                         }
@@ -509,7 +513,9 @@ fn sink<'s>(
     ckpt: Option<Arc<Checkpointing>>,
 ) -> Stream<'s, u64, Vec<()>> {
     let (me, peers) = (input.scope().index(), input.scope().peers());
-    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Envelope| 0), "Sink", move |_cap, _info| {
+    let scope = input.scope();
+    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Envelope| 0), "Sink", move |_cap, info| {
+        let activator = scope.activator_for(info.address);
         let tenant_out = plan.output.lookup(&plan.spec.schema.tenant.value).map(|(p, _)| p);
         let tenant_out = tenant_out.and_then(|p| plan.output.positions().iter().position(|&q| q == p));
         let mut pending: BTreeMap<u64, Vec<Msg>> = BTreeMap::new();
@@ -518,7 +524,7 @@ fn sink<'s>(
         let mut state: Option<SinkState> = None;
         if me == 0 {
             let restored = ckpt.as_ref().and_then(|c| c.restored_part("sink-0", &shared)).and_then(|bytes| {
-                bincode::deserialize::<SinkSnapshot>(&bytes).map_err(|e| shared.error(format!("restore sink-0: {e}"))).ok()
+                checkpoint::decode::<SinkSnapshot>(&bytes).map_err(|e| shared.error(format!("restore sink-0: {e}"))).ok()
             });
             let mut st = SinkState::new(&plan, &shared, restored.as_ref());
             if let Some(snap) = restored {
@@ -558,8 +564,18 @@ fn sink<'s>(
                 }
                 st.flush(&shared);
             }
+            // Checkpoints whose parts are still being written are committed later.
+            if let Some(ck) = ckpt.as_ref() {
+                if st.commit_ready(ck) {
+                    activator.activate_after(Duration::from_millis(10));
+                }
+            }
             // All input is in: wait until every output has received it, and report what failed.
             if frontier.frontier().is_empty() && pending.is_empty() {
+                if let Some(ck) = ckpt.as_ref() {
+                    ck.writer.flush();
+                    st.commit_ready(ck);
+                }
                 st.finish(&shared);
                 state = None;
             }
@@ -589,6 +605,8 @@ struct SinkState {
     tenants: TenantCounts,
     shared: Arc<Shared>,
     failed: bool,
+    /// Checkpoints aligned here whose parts are not all written yet, oldest first.
+    to_commit: VecDeque<checkpoint::Manifest>,
 }
 
 impl SinkState {
@@ -610,6 +628,7 @@ impl SinkState {
             tenants: TenantCounts::default(),
             shared: Arc::clone(shared),
             failed: false,
+            to_commit: VecDeque::new(),
         }
     }
 
@@ -674,8 +693,8 @@ impl SinkState {
             dead_letters: self.dead.checkpoint()?,
             late,
         };
-        let bytes = bincode::serialize(&snapshot).map_err(std::io::Error::other)?;
-        checkpoint::write_part(&ck.root, epoch, "sink-0", &bytes, ck.crypto.as_ref())?;
+        let bytes = checkpoint::encode(&snapshot)?;
+        ck.writer.submit(&ck.root, epoch, "sink-0".into(), bytes)?;
         let mut parts: Vec<String> = (0..ck.workers as u32).filter(|w| !finished.contains(w)).map(|w| format!("ingest-{w}")).collect();
         parts.extend((0..ck.workers).map(|w| format!("window-{w}")));
         parts.push("sink-0".into());
@@ -688,14 +707,30 @@ impl SinkState {
             parts,
             created_unix_ms: time::now_micros() / 1000,
         };
-        checkpoint::commit(&ck.root, &manifest, ck.retain)?;
-        let (bytes, age) = checkpoint::size_and_age(&checkpoint::epoch_dir(&ck.root, epoch));
-        self.shared.checkpoints.fetch_add(1, Relaxed);
-        self.shared.committed_epoch.fetch_max(epoch, Relaxed);
-        self.shared.checkpoint_bytes.store(bytes, Relaxed);
-        self.shared.checkpoint_duration_us.store(age.as_micros() as u64, Relaxed);
-        tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");
+        self.to_commit.push_back(manifest);
         Ok(())
+    }
+
+    /// Commits, in order, the aligned checkpoints whose parts are all written; returns whether
+    /// some still wait for theirs.
+    fn commit_ready(&mut self, ck: &Checkpointing) -> bool {
+        while let Some(manifest) = self.to_commit.front() {
+            if !checkpoint::parts_written(&ck.root, manifest.epoch, &manifest.parts) {
+                return true;
+            }
+            let epoch = manifest.epoch;
+            if let Err(e) = checkpoint::commit(&ck.root, manifest, ck.retain) {
+                self.shared.error(format!("checkpoint {epoch}: commit: {e}"));
+            }
+            self.to_commit.pop_front();
+            let (bytes, age) = checkpoint::size_and_age(&checkpoint::epoch_dir(&ck.root, epoch));
+            self.shared.checkpoints.fetch_add(1, Relaxed);
+            self.shared.committed_epoch.fetch_max(epoch, Relaxed);
+            self.shared.checkpoint_bytes.store(bytes, Relaxed);
+            self.shared.checkpoint_duration_us.store(age.as_micros() as u64, Relaxed);
+            tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");
+        }
+        false
     }
 
     fn flush(&mut self, shared: &Shared) {

@@ -103,11 +103,11 @@ impl Ingest {
     pub fn snapshot(&self) -> Option<Vec<u8>> {
         let state =
             IngestState { source: self.source.checkpoint()?, max_ts: self.max_ts, watermark: self.watermark, finished: self.finished };
-        bincode::serialize(&state).ok()
+        crate::checkpoint::encode(&state).ok()
     }
 
     pub fn restore(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let state: IngestState = bincode::deserialize(bytes).map_err(|e| format!("bad ingest state: {e}"))?;
+        let state: IngestState = crate::checkpoint::decode(bytes).map_err(|e| format!("bad ingest state: {e}"))?;
         if state.finished {
             self.finish_source();
         } else {
@@ -126,7 +126,7 @@ impl Ingest {
 
     /// The checkpoint holding `snapshot` (from [`Ingest::snapshot`]) is committed.
     pub fn committed(&mut self, snapshot: &[u8]) {
-        if let Ok(state) = bincode::deserialize::<IngestState>(snapshot) {
+        if let Ok(state) = crate::checkpoint::decode::<IngestState>(snapshot) {
             self.source.committed(&state.source);
         }
     }

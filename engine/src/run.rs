@@ -126,6 +126,8 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
         workers,
         job: plan.spec.name.clone(),
         restore,
+        writer: checkpoint::PartWriter::start(crypto.clone())
+            .map_err(|e| EngineError::Config(format!("cannot start the checkpoint writer: {e}")))?,
         crypto,
         stop: cfg.stop.clone(),
     }))
@@ -246,6 +248,11 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
             // Stopped without checkpoints: the sources end, and the job drains like a bounded one.
             if drain && stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
                 s.end_sources.store(true, Ordering::SeqCst);
+            }
+            if let Some(ck) = ckpt.as_ref() {
+                for e in ck.writer.take_errors() {
+                    s.error(e);
+                }
             }
             // Stopped with a savepoint: everything after it will be recomputed on restore.
             let savepoint = s.savepoint_epoch.load(Relaxed);
