@@ -1,4 +1,10 @@
-//! `tenantflow`: the command-line entry point (run, validate, demo).
+//! `tenantflow`: the command-line entry point: run, validate and demo a job in this process;
+//! start a cluster (`cluster start`, whose processes are `worker`s) and drive it through its API
+//! (`job ...`, `cluster status|stop`).
+
+mod api;
+mod client;
+mod supervisor;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,8 +66,122 @@ struct RunArgs {
     checkpoint_interval: Option<String>,
 }
 
+/// Where the cluster's API is.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The cluster API's address.
+    #[arg(long, env = "TENANTFLOW_API", default_value = DEFAULT_API)]
+    api: String,
+    /// Tables for people, JSON for scripts.
+    #[arg(short, long, value_enum, default_value_t = client::Output::Table)]
+    output: client::Output,
+}
+
+const DEFAULT_API: &str = "127.0.0.1:8088";
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Start a cluster: N processes (local, or per hostfile) with a coordinator and the API in
+    /// process 0, supervised and restarted when one dies.
+    Start {
+        /// Processes in the Timely cluster.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        processes: usize,
+        /// Worker threads per process.
+        #[arg(short, long, default_value_t = 1)]
+        workers: usize,
+        /// File with one host:port per line (Timely's addresses), one line per process.
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        /// Where the cluster keeps its job book and state.
+        #[arg(long, default_value = "tenantflow-data")]
+        data_dir: PathBuf,
+        /// Address the API listens on.
+        #[arg(long, env = "TENANTFLOW_API", default_value = DEFAULT_API)]
+        api: String,
+        /// First Timely port on 127.0.0.1 without a hostfile.
+        #[arg(long, default_value_t = 2101)]
+        port_base: u16,
+        /// Restarts within --crash-window after which the supervisor gives up.
+        #[arg(long, default_value_t = 5)]
+        max_restarts: usize,
+        /// e.g. 60s.
+        #[arg(long, default_value = "60s")]
+        crash_window: String,
+    },
+    /// The cluster's processes, workers, uptime and restarts.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop every process of the cluster (jobs continue from their checkpoints at the next start).
+    Stop {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Submit a job file to the cluster.
+    Submit {
+        file: PathBuf,
+        /// Continue from the job's latest checkpoint (e.g. after `cancel --savepoint`).
+        #[arg(long)]
+        restore: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The cluster's jobs.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A job's state, throughput, watermark, last checkpoint and last error.
+    Describe {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop a job, optionally with a savepoint to continue from later.
+    Cancel {
+        id: String,
+        #[arg(long)]
+        savepoint: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// A tenantflow cluster: start, status, stop.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Jobs on a running cluster: submit, list, describe, cancel.
+    #[command(subcommand)]
+    Job(JobCommand),
+    /// One process of a cluster (started by `cluster start`, or by hand on each host of a
+    /// hostfile); process 0 serves the API.
+    Worker {
+        #[arg(long)]
+        process: usize,
+        #[arg(long)]
+        processes: usize,
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        #[arg(long)]
+        hostfile: Option<PathBuf>,
+        #[arg(long, default_value = "tenantflow-data")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_API)]
+        api: String,
+        /// Set by the supervisor: how often the cluster was restarted, and the last backoff.
+        #[arg(long, default_value_t = 0)]
+        restarts: u64,
+        #[arg(long, default_value_t = 0)]
+        last_backoff_ms: u64,
+    },
     /// Run a job file until its sources are exhausted (forever for unbounded sources).
     Run {
         /// The job file (TOML).
@@ -111,7 +231,7 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    match execute(cli.command) {
+    match execute(cli.command, cli.log_format) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -120,8 +240,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(command: Command) -> anyhow::Result<ExitCode> {
+fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Cluster(ClusterCommand::Start { processes, workers, hostfile, data_dir, api, port_base, max_restarts, crash_window }) => {
+            let crash_window = match tenantflow_core::time::parse_duration(&crash_window) {
+                Some(us) if us > 0 => std::time::Duration::from_micros(us as u64),
+                _ => anyhow::bail!("--crash-window: invalid duration \"{crash_window}\" (expected e.g. \"60s\")"),
+            };
+            let s = supervisor::Supervise {
+                processes: processes.max(1),
+                workers,
+                hostfile,
+                data_dir,
+                api,
+                port_base,
+                max_restarts,
+                crash_window,
+                log_json: matches!(log_format, LogFormat::Json),
+            };
+            supervisor::run(&s)
+        }
+        Command::Cluster(ClusterCommand::Status { api }) => {
+            client::Client::new(&api.api).cluster_status(api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Cluster(ClusterCommand::Stop { api }) => client::Client::new(&api.api).cluster_stop().map(|()| ExitCode::SUCCESS),
+        Command::Job(JobCommand::Submit { file, restore, api }) => {
+            client::Client::new(&api.api).submit(&file, restore, api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Job(JobCommand::List { api }) => client::Client::new(&api.api).list(api.output).map(|()| ExitCode::SUCCESS),
+        Command::Job(JobCommand::Describe { id, api }) => {
+            client::Client::new(&api.api).describe(&id, api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Job(JobCommand::Cancel { id, savepoint, api }) => {
+            client::Client::new(&api.api).cancel(&id, savepoint, api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Worker { process, processes, workers, hostfile, data_dir, api, restarts, last_backoff_ms } => {
+            let registry = Arc::new(tenantflow_engine::host::Registry::default());
+            let commands = if process == 0 {
+                let (control, rx) = tenantflow_engine::host::Control::new(Arc::clone(&registry));
+                let info = api::ClusterInfo {
+                    processes,
+                    workers,
+                    restarts,
+                    last_backoff_ms,
+                    started: std::time::Instant::now(),
+                    supervised: std::env::var_os("TENANTFLOW_SUPERVISED").is_some(),
+                };
+                api::serve(api::Api::open(control, data_dir, info)?, &api)?;
+                Some(rx)
+            } else {
+                None
+            };
+            let cfg = tenantflow_engine::host::HostConfig { workers, processes, process, hostfile };
+            tenantflow_engine::host::serve(cfg, registry, commands)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate { job, set } => {
             let name = job.display().to_string();
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {name}"))?;

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod dataflow;
+pub mod host;
 pub mod ingest;
 pub mod run;
 pub mod stats;

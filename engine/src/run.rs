@@ -19,6 +19,7 @@ use tenantflow_core::{time, Plan};
 use crate::checkpoint::{self, CheckpointError, Crypto};
 use crate::dataflow::{build, fmt_watermark, Checkpointing};
 use crate::stats::{RunReport, Shared};
+use timely::dataflow::ProbeHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -133,7 +134,7 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
     }))
 }
 
-fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
+pub(crate) fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
     if cfg.workers == 0 {
         return Err(EngineError::Config("--workers must be at least 1".into()));
     }
@@ -203,71 +204,156 @@ fn open_source(plan: &Plan, worker: usize, workers: usize) -> Result<Box<dyn Sou
     })
 }
 
-/// Runs a job to completion on this process's workers and returns this process's report.
-pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
-    if let SourceSpec::File { paths } = &plan.spec.source {
-        expand(paths)?;
-    }
-    let config = timely_config(cfg)?;
-    let ckpt = checkpointing(&plan, cfg)?.map(Arc::new);
-    let restoring = ckpt.as_ref().is_some_and(|c| c.restore.is_some());
-    if cfg.process == 0 && !restoring {
-        // Dead letters are written only if there are any: do not leave a previous run's file behind.
-        if let DeadLetterSpec::File { path } = &plan.spec.dead_letter {
-            match std::fs::remove_file(path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(EngineError::Config(format!("cannot replace dead-letter file {path}: {e}")))
+/// A job set up on this process: its plan, counters and checkpointing, shared by the local
+/// workers, each of which builds the job's dataflow ([`Prepared::build`]) and looks after each
+/// step whether it is over ([`Prepared::poll`]). `run` hosts one job; `host` many.
+pub struct Prepared {
+    pub plan: Arc<Plan>,
+    pub shared: Arc<Shared>,
+    ckpt: Option<Arc<Checkpointing>>,
+    lead: u64,
+    stop: Option<Arc<AtomicBool>>,
+    /// Stopped without checkpoints, the job drains instead of taking a savepoint.
+    drain: bool,
+    /// Setup failed on this process: the dataflow is built without input (see `host`).
+    failed: bool,
+    pub started: Instant,
+}
+
+/// Where a job stands after a worker step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    Running,
+    /// Every source ended and every result is written.
+    Finished,
+    /// Stopped on request after committing its savepoint; the caller drops the dataflow.
+    Savepointed,
+}
+
+impl Prepared {
+    /// Checks the job's settings and checkpoints; `cfg` gives the cluster's shape.
+    pub fn new(plan: Plan, cfg: &RunConfig) -> Result<Prepared, EngineError> {
+        if let SourceSpec::File { paths } = &plan.spec.source {
+            expand(paths)?;
+        }
+        if cfg.workers == 0 {
+            return Err(EngineError::Config("--workers must be at least 1".into()));
+        }
+        let ckpt = checkpointing(&plan, cfg)?.map(Arc::new);
+        let restoring = ckpt.as_ref().is_some_and(|c| c.restore.is_some());
+        if cfg.process == 0 && !restoring {
+            // Dead letters are written only if there are any: do not leave a previous run's file behind.
+            if let DeadLetterSpec::File { path } = &plan.spec.dead_letter {
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(EngineError::Config(format!("cannot replace dead-letter file {path}: {e}")))
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
+        let lead = max_lead(&plan);
+        let drain = ckpt.is_none();
+        Ok(Prepared {
+            plan: Arc::new(plan),
+            shared: Arc::new(Shared::new(cfg.workers)),
+            ckpt,
+            lead,
+            stop: cfg.stop.clone(),
+            drain,
+            failed: false,
+            started: Instant::now(),
+        })
     }
-    let plan = Arc::new(plan);
-    let shared = Arc::new(Shared::new(cfg.workers));
-    let lead = max_lead(&plan);
-    let started = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let reporter = cfg.progress.then(|| spawn_progress(Arc::clone(&shared), Arc::clone(&done)));
-    tracing::info!(job = %plan.spec.name, workers = cfg.workers, processes = cfg.processes, "job running");
 
-    let (p, s) = (Arc::clone(&plan), Arc::clone(&shared));
-    let (stop, drain) = (cfg.stop.clone(), ckpt.is_none());
-    let guards = timely::execute(config, move |worker| {
+    /// A job that could not be set up here: it reads nothing and reports `error`.
+    pub fn failed(plan: Plan, cfg: &RunConfig, error: String) -> Prepared {
+        let shared = Arc::new(Shared::new(cfg.workers));
+        shared.error(error);
+        let lead = max_lead(&plan);
+        Prepared { plan: Arc::new(plan), shared, ckpt: None, lead, stop: None, drain: true, failed: true, started: Instant::now() }
+    }
+
+    pub fn has_checkpoints(&self) -> bool {
+        self.ckpt.is_some()
+    }
+
+    /// Builds the job's dataflow on this worker; returns the probe that tells when it is done.
+    pub fn build(&self, worker: &mut timely::worker::Worker) -> ProbeHandle<u64> {
         let (index, peers) = (worker.index(), worker.peers());
-        let local = index % s.watermarks.len().max(1);
-        let source = match open_source(&p, index, peers) {
+        let local = index % self.shared.watermarks.len().max(1);
+        let source = match open_source(&self.plan, index, peers) {
+            _ if self.failed => Box::new(Empty),
             Ok(src) => src,
             Err(e) => {
-                s.error(format!("worker {index}: {e}"));
+                self.shared.error(format!("worker {index}: {e}"));
                 Box::new(Empty)
             }
         };
-        let probe = build(worker, Arc::clone(&p), source, Arc::clone(&s), local, lead, ckpt.clone());
-        while !probe.done() {
+        build(worker, Arc::clone(&self.plan), source, Arc::clone(&self.shared), local, self.lead, self.ckpt.clone())
+    }
+
+    /// Called by each worker after a step.
+    pub fn poll(&self, probe: &ProbeHandle<u64>) -> Progress {
+        if probe.done() {
+            return Progress::Finished;
+        }
+        let s = &self.shared;
+        // Stopped without checkpoints: the sources end, and the job drains like a bounded one.
+        if self.drain && self.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            s.end_sources.store(true, Ordering::SeqCst);
+        }
+        let Some(ck) = self.ckpt.as_ref() else { return Progress::Running };
+        for e in ck.writer.take_errors() {
+            s.error(e);
+        }
+        // Stopped with a savepoint: everything after it will be recomputed on restore.
+        let savepoint = s.savepoint_epoch.load(Relaxed);
+        if savepoint > 0 && s.committed_epoch.load(Relaxed) < savepoint {
+            // Process 0 commits; the others learn of it from the manifest.
+            if checkpoint::epoch_dir(&ck.root, savepoint).join("MANIFEST.json").exists() {
+                s.committed_epoch.fetch_max(savepoint, Ordering::SeqCst);
+            }
+        }
+        if savepoint > 0 && s.committed_epoch.load(Relaxed) >= savepoint {
+            return Progress::Savepointed;
+        }
+        Progress::Running
+    }
+
+    /// This process's report, or the errors that failed the job.
+    pub fn finish(&self) -> Result<RunReport, EngineError> {
+        let errors = self.shared.errors();
+        if !errors.is_empty() {
+            return Err(EngineError::Failed(errors));
+        }
+        Ok(self.shared.report(self.started.elapsed()))
+    }
+}
+
+/// Runs a job to completion on this process's workers and returns this process's report.
+pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
+    let config = timely_config(cfg)?;
+    let job = Arc::new(Prepared::new(plan, cfg)?);
+    let done = Arc::new(AtomicBool::new(false));
+    let reporter = cfg.progress.then(|| spawn_progress(Arc::clone(&job.shared), Arc::clone(&done)));
+    tracing::info!(job = %job.plan.spec.name, workers = cfg.workers, processes = cfg.processes, "job running");
+
+    let j = Arc::clone(&job);
+    let guards = timely::execute(config, move |worker| {
+        let probe = j.build(worker);
+        loop {
             worker.step_or_park(Some(Duration::from_millis(20)));
-            // Stopped without checkpoints: the sources end, and the job drains like a bounded one.
-            if drain && stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-                s.end_sources.store(true, Ordering::SeqCst);
-            }
-            if let Some(ck) = ckpt.as_ref() {
-                for e in ck.writer.take_errors() {
-                    s.error(e);
+            match j.poll(&probe) {
+                Progress::Running => {}
+                Progress::Finished => break,
+                Progress::Savepointed => {
+                    // Timely would otherwise run the dataflow to its end after we return.
+                    for id in worker.installed_dataflows() {
+                        worker.drop_dataflow(id);
+                    }
+                    break;
                 }
-            }
-            // Stopped with a savepoint: everything after it will be recomputed on restore.
-            let savepoint = s.savepoint_epoch.load(Relaxed);
-            if savepoint > 0 && s.committed_epoch.load(Relaxed) < savepoint {
-                // Process 0 commits; the others learn of it from the manifest.
-                if ckpt.as_ref().is_some_and(|c| checkpoint::epoch_dir(&c.root, savepoint).join("MANIFEST.json").exists()) {
-                    s.committed_epoch.fetch_max(savepoint, Ordering::SeqCst);
-                }
-            }
-            if savepoint > 0 && s.committed_epoch.load(Relaxed) >= savepoint {
-                // Timely would otherwise run the dataflow to its end after we return.
-                for id in worker.installed_dataflows() {
-                    worker.drop_dataflow(id);
-                }
-                break;
             }
         }
     })
@@ -280,12 +366,8 @@ pub fn run(plan: Plan, cfg: &RunConfig) -> Result<RunReport, EngineError> {
     for r in results {
         r.map_err(EngineError::Worker)?;
     }
-    let errors = shared.errors();
-    if !errors.is_empty() {
-        return Err(EngineError::Failed(errors));
-    }
-    let report = shared.report(started.elapsed());
-    tracing::info!(job = %plan.spec.name, events = report.events_in, rows = report.rows_out, "job finished");
+    let report = job.finish()?;
+    tracing::info!(job = %job.plan.spec.name, events = report.events_in, rows = report.rows_out, "job finished");
     Ok(report)
 }
 

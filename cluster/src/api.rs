@@ -1,0 +1,322 @@
+//! The cluster's HTTP API, served by process 0 (the coordinator): submit, list, describe and
+//! cancel jobs, cluster status, health. JSON in and out; every error is
+//! `{"error": {"code", "message", ...}}` with a status that fits. Documented in docs/api.md.
+//!
+//! The API keeps the book of submitted jobs in `<data-dir>/jobs.json`, so that after a restart
+//! of the cluster every job that was running is submitted again and continues from its latest
+//! checkpoint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tenantflow_engine::host::{Action, Control, JobState, JobStatus};
+
+/// What `GET /api/v1/cluster` reports about the processes (set by the supervisor).
+#[derive(Clone, Debug)]
+pub struct ClusterInfo {
+    pub processes: usize,
+    pub workers: usize,
+    pub restarts: u64,
+    pub last_backoff_ms: u64,
+    pub started: Instant,
+    /// Whether a supervisor runs this process (then `cluster stop` signals it).
+    pub supervised: bool,
+}
+
+/// A submitted job as the book keeps it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct JobRecord {
+    id: String,
+    name: String,
+    text: String,
+    submitted_unix_ms: u64,
+    /// The last state seen; jobs not yet ended are submitted again after a restart.
+    state: Option<JobState>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Book {
+    next: u64,
+    jobs: BTreeMap<String, JobRecord>,
+}
+
+pub struct Api {
+    control: Control,
+    book: Mutex<Book>,
+    data_dir: PathBuf,
+    cluster: ClusterInfo,
+}
+
+type Shared = Arc<Api>;
+
+impl Api {
+    /// Loads the book and submits again the jobs that had not ended.
+    pub fn open(control: Control, data_dir: PathBuf, cluster: ClusterInfo) -> anyhow::Result<Api> {
+        std::fs::create_dir_all(&data_dir)?;
+        let path = data_dir.join("jobs.json");
+        let book: Book = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Book::default(),
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        for r in book.jobs.values().filter(|r| r.state.is_none_or(|s| !s.is_terminal())) {
+            tracing::info!(job = %r.id, "job restored after a cluster restart");
+            control.send(Action::Submit { id: r.id.clone(), name: r.name.clone(), text: r.text.clone(), restore: true });
+        }
+        Ok(Api { control, book: Mutex::new(book), data_dir, cluster })
+    }
+
+    fn save(&self, book: &Book) {
+        let path = self.data_dir.join("jobs.json");
+        let tmp = path.with_extension("tmp");
+        let written = serde_json::to_vec_pretty(book)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            tracing::error!("cannot save {}: {e}", path.display());
+        }
+    }
+
+    /// Records ended jobs in the book; cancels failed ones everywhere (a failure seen here must
+    /// not leave the job half-running on other processes).
+    fn sync(&self) {
+        let Ok(mut book) = self.book.lock() else { return };
+        let mut changed = false;
+        for status in self.control.registry().statuses() {
+            let Some(record) = book.jobs.get_mut(&status.id) else { continue };
+            if record.state != Some(status.state) {
+                if status.state == JobState::Failed && record.state != Some(JobState::Failed) {
+                    self.control.send(Action::Cancel { id: status.id.clone(), savepoint: false });
+                }
+                // A failed job stays failed once cancelled.
+                if !(record.state == Some(JobState::Failed) && status.state == JobState::Cancelled) {
+                    record.state = Some(status.state);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.save(&book);
+        }
+    }
+}
+
+/// Serves the API on `addr` from a thread of its own; returns once it listens.
+pub fn serve(api: Api, addr: &str) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("API address {addr}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let api: Shared = Arc::new(api);
+    let syncing = Arc::clone(&api);
+    std::thread::Builder::new().name("api-sync".into()).spawn(move || loop {
+        syncing.sync();
+        std::thread::sleep(Duration::from_millis(200));
+    })?;
+    std::thread::Builder::new().name("api".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("API runtime: {e}");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!("API listener: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = axum::serve(listener, router(api)).await {
+                tracing::error!("API server: {e}");
+            }
+        });
+    })?;
+    Ok(())
+}
+
+fn router(api: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/jobs", post(submit).get(list))
+        .route("/api/v1/jobs/{id}", get(describe).delete(cancel))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/stop", post(stop))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .with_state(api)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+#[derive(Deserialize)]
+struct SubmitQuery {
+    /// The job file's name, for error messages.
+    file: Option<String>,
+    /// Continue from the job's latest checkpoint (e.g. after `cancel --savepoint`).
+    restore: Option<bool>,
+}
+
+async fn submit(State(api): State<Shared>, Query(q): Query<SubmitQuery>, body: String) -> Response {
+    let file = q.file.unwrap_or_else(|| "job.toml".into());
+    let plan = match tenantflow_core::plan::load(&file, &body, &[]) {
+        Ok(p) => p,
+        Err(errors) => {
+            let problems: Vec<_> = errors
+                .0
+                .iter()
+                .map(|e| json!({"file": e.file, "line": e.line, "column": e.column, "key": e.key, "message": e.message}))
+                .collect();
+            let body = json!({"error": {"code": "invalid_job", "message": errors.to_string(), "problems": problems}});
+            return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+        }
+    };
+    let name = plan.spec.name.clone();
+    let record = {
+        let Ok(mut book) = api.book.lock() else { return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "job book".into()) };
+        book.next += 1;
+        let id = format!("{}-{}", slug(&name), book.next);
+        let record = JobRecord { id: id.clone(), name, text: body, submitted_unix_ms: unix_ms(), state: None };
+        book.jobs.insert(id, record.clone());
+        api.save(&book);
+        record
+    };
+    let action =
+        Action::Submit { id: record.id.clone(), name: record.name.clone(), text: record.text.clone(), restore: q.restore.unwrap_or(false) };
+    if !api.control.send(action) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is not running".into());
+    }
+    tracing::info!(job = %record.id, name = %record.name, "job submitted");
+    (StatusCode::CREATED, Json(view(&api, &record))).into_response()
+}
+
+async fn list(State(api): State<Shared>) -> Response {
+    let records: Vec<JobRecord> = api.book.lock().map(|b| b.jobs.values().cloned().collect()).unwrap_or_default();
+    Json(records.iter().map(|r| view(&api, r)).collect::<Vec<_>>()).into_response()
+}
+
+async fn describe(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    match record(&api, &id) {
+        Some(r) => Json(view(&api, &r)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no job `{id}`")),
+    }
+}
+
+#[derive(Deserialize)]
+struct CancelQuery {
+    savepoint: Option<bool>,
+}
+
+async fn cancel(State(api): State<Shared>, Path(id): Path<String>, Query(q): Query<CancelQuery>) -> Response {
+    let Some(r) = record(&api, &id) else { return error(StatusCode::NOT_FOUND, "not_found", format!("no job `{id}`")) };
+    let state = api.control.registry().status(&id).map(|s| s.state).or(r.state);
+    if let Some(s) = state.filter(|s| s.is_terminal()) {
+        return error(StatusCode::CONFLICT, "already_ended", format!("job `{id}` has already ended ({})", state_name(Some(s))));
+    }
+    if !api.control.send(Action::Cancel { id: id.clone(), savepoint: q.savepoint.unwrap_or(false) }) {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is not running".into());
+    }
+    tracing::info!(job = %id, savepoint = q.savepoint.unwrap_or(false), "job cancel requested");
+    (StatusCode::ACCEPTED, Json(view(&api, &r))).into_response()
+}
+
+async fn cluster(State(api): State<Shared>) -> Response {
+    let c = &api.cluster;
+    let statuses = api.control.registry().statuses();
+    let running = statuses.iter().filter(|s| !s.state.is_terminal()).count();
+    Json(json!({
+        "processes": c.processes,
+        "workers_per_process": c.workers,
+        "workers": c.processes * c.workers,
+        "uptime_secs": c.started.elapsed().as_secs_f64(),
+        "restarts": c.restarts,
+        "last_restart_backoff_ms": c.last_backoff_ms,
+        "ready": api.control.registry().ready.load(std::sync::atomic::Ordering::SeqCst),
+        "jobs_running": running,
+    }))
+    .into_response()
+}
+
+async fn stop(State(api): State<Shared>) -> Response {
+    if !api.cluster.supervised {
+        return error(StatusCode::CONFLICT, "not_supervised", "this process was not started by `tenantflow cluster start`".into());
+    }
+    tracing::info!("cluster stop requested");
+    // The supervisor is this process's parent; it stops every process.
+    // SAFETY: plain signal to our parent process.
+    unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+    (StatusCode::ACCEPTED, Json(json!({"status": "stopping"}))).into_response()
+}
+
+async fn ready(State(api): State<Shared>) -> Response {
+    if api.control.registry().ready.load(std::sync::atomic::Ordering::SeqCst) {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the Timely cluster is still connecting".into())
+    }
+}
+
+fn record(api: &Api, id: &str) -> Option<JobRecord> {
+    api.book.lock().ok()?.jobs.get(id).cloned()
+}
+
+fn state_name(state: Option<JobState>) -> String {
+    match state {
+        None => "submitted".into(),
+        Some(s) => serde_json::to_value(s).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+    }
+}
+
+/// A job as the API shows it: the book's record with process 0's live counters.
+fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
+    let status: Option<JobStatus> = api.control.registry().status(&r.id);
+    let state = status.as_ref().map(|s| s.state).or(r.state);
+    let mut v = json!({
+        "id": r.id,
+        "name": r.name,
+        "state": state_name(state),
+        "submitted_unix_ms": r.submitted_unix_ms,
+    });
+    if let Some(s) = status {
+        let rate = if s.uptime_secs > 0.0 { s.events_in as f64 / s.uptime_secs } else { 0.0 };
+        v["events_in"] = s.events_in.into();
+        v["rows_out"] = s.rows_out.into();
+        v["events_per_sec"] = (rate.round()).into();
+        v["dead_letters"] = s.dead_letters.into();
+        v["late_events"] = s.late_events.into();
+        v["windows_fired"] = s.windows_fired.into();
+        v["watermark"] = tenantflow_engine::dataflow::fmt_watermark(s.watermark_us).into();
+        v["last_checkpoint"] = match s.last_checkpoint_epoch {
+            Some(epoch) => json!({"epoch": epoch, "bytes": s.last_checkpoint_bytes, "duration_ms": s.last_checkpoint_duration_ms}),
+            None => serde_json::Value::Null,
+        };
+        v["last_error"] = s.errors.last().cloned().into();
+        v["counters_from"] = "process 0".into();
+    }
+    v
+}
+
+fn slug(name: &str) -> String {
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect();
+    if s.is_empty() {
+        "job".into()
+    } else {
+        s
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,140 @@
+//! `tenantflow job ...` and `tenantflow cluster status|stop`: the API's client. Tables for
+//! people by default, `--output json` for scripts.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(api: &str) -> Client {
+        let base = if api.starts_with("http://") || api.starts_with("https://") { api.to_string() } else { format!("http://{api}") };
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            // API errors are JSON bodies worth showing, not transport failures.
+            .http_status_as_error(false)
+            .build();
+        Client { base: base.trim_end_matches('/').to_string(), agent: config.into() }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            (_, Some(b)) => self.agent.post(&url).content_type("application/toml").send(b),
+            (_, None) => self.agent.post(&url).send_empty(),
+        };
+        let mut response =
+            response.with_context(|| format!("cannot reach the tenantflow API at {} (is the cluster running? see --api)", self.base))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().context("reading the API's answer")?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            let message = value["error"]["message"].as_str().map(String::from).unwrap_or_else(|| value.to_string());
+            bail!("{} ({})", message, status.as_u16());
+        }
+        Ok(value)
+    }
+
+    pub fn submit(&self, file: &Path, restore: bool, output: Output) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let name = file.display().to_string();
+        let path = format!("/api/v1/jobs?file={}&restore={restore}", encode(&name));
+        let job = self.call("POST", &path, Some(text))?;
+        match output {
+            Output::Json => println!("{job}"),
+            Output::Table => println!("submitted {} ({})", job["id"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?")),
+        }
+        Ok(())
+    }
+
+    pub fn list(&self, output: Output) -> anyhow::Result<()> {
+        let jobs = self.call("GET", "/api/v1/jobs", None)?;
+        match output {
+            Output::Json => println!("{jobs}"),
+            Output::Table => {
+                println!("{:<28} {:<20} {:<12} {:>12} {:>12} {:>10}", "ID", "NAME", "STATE", "EVENTS_IN", "ROWS_OUT", "EVENTS/S");
+                for j in jobs.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<28} {:<20} {:<12} {:>12} {:>12} {:>10}",
+                        j["id"].as_str().unwrap_or("?"),
+                        j["name"].as_str().unwrap_or("?"),
+                        j["state"].as_str().unwrap_or("?"),
+                        j["events_in"].as_u64().map_or("-".into(), |n| n.to_string()),
+                        j["rows_out"].as_u64().map_or("-".into(), |n| n.to_string()),
+                        j["events_per_sec"].as_f64().map_or("-".into(), |n| format!("{n:.0}")),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn describe(&self, id: &str, output: Output) -> anyhow::Result<()> {
+        let job = self.call("GET", &format!("/api/v1/jobs/{}", encode(id)), None)?;
+        match output {
+            Output::Json => println!("{job}"),
+            Output::Table => print_fields(&job),
+        }
+        Ok(())
+    }
+
+    pub fn cancel(&self, id: &str, savepoint: bool, output: Output) -> anyhow::Result<()> {
+        let job = self.call("DELETE", &format!("/api/v1/jobs/{}?savepoint={savepoint}", encode(id)), None)?;
+        match output {
+            Output::Json => println!("{job}"),
+            Output::Table => println!("cancelling {}{}", id, if savepoint { " with a savepoint" } else { "" }),
+        }
+        Ok(())
+    }
+
+    pub fn cluster_status(&self, output: Output) -> anyhow::Result<()> {
+        let status = self.call("GET", "/api/v1/cluster", None)?;
+        match output {
+            Output::Json => println!("{status}"),
+            Output::Table => print_fields(&status),
+        }
+        Ok(())
+    }
+
+    pub fn cluster_stop(&self) -> anyhow::Result<()> {
+        self.call("POST", "/api/v1/cluster/stop", None)?;
+        println!("stopping the cluster");
+        Ok(())
+    }
+}
+
+fn print_fields(v: &Value) {
+    if let Some(map) = v.as_object() {
+        for (k, v) in map {
+            let shown = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => "-".into(),
+                other => other.to_string(),
+            };
+            println!("{k:<24} {shown}");
+        }
+    }
+}
+
+/// Percent-encodes a query or path component.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

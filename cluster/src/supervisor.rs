@@ -1,0 +1,121 @@
+//! `tenantflow cluster start`: starts the cluster's processes (`tenantflow worker`) and keeps
+//! them running. Timely cannot lose a process and go on, so when one dies the supervisor stops
+//! the others and starts them all again, with exponential backoff; every job that was running
+//! is then submitted again by the API and continues from its latest checkpoint. Too many
+//! restarts in a short time (a crash loop) stop the cluster with a clear status.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+/// How the cluster is laid out and supervised.
+pub struct Supervise {
+    pub processes: usize,
+    pub workers: usize,
+    pub hostfile: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub api: String,
+    /// First Timely port on 127.0.0.1 when there is no hostfile (one per process).
+    pub port_base: u16,
+    /// Restarts allowed within `crash_window` before the supervisor gives up.
+    pub max_restarts: usize,
+    pub crash_window: Duration,
+    pub log_json: bool,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
+    std::fs::create_dir_all(&s.data_dir).with_context(|| format!("data dir {}", s.data_dir.display()))?;
+    let hostfile = match &s.hostfile {
+        Some(h) => h.clone(),
+        None => {
+            let path = s.data_dir.join("hosts");
+            let hosts: String = (0..s.processes).map(|i| format!("127.0.0.1:{}\n", s.port_base as usize + i)).collect();
+            std::fs::write(&path, hosts).with_context(|| format!("writing {}", path.display()))?;
+            path
+        }
+    };
+    std::fs::write(s.data_dir.join("supervisor.pid"), format!("{}\n", std::process::id()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
+    }
+    let exe = std::env::current_exe()?;
+    let (mut restarts, mut backoff, mut recent): (u64, Duration, Vec<Instant>) = (0, Duration::ZERO, Vec::new());
+    loop {
+        let started = Instant::now();
+        let mut children: Vec<Child> = Vec::new();
+        for i in 0..s.processes {
+            let mut cmd = Command::new(&exe);
+            if s.log_json {
+                cmd.args(["--log-format", "json"]);
+            }
+            cmd.args(["worker", "--process", &i.to_string(), "--processes", &s.processes.to_string()])
+                .args(["--workers", &s.workers.to_string(), "--hostfile"])
+                .arg(&hostfile)
+                .arg("--data-dir")
+                .arg(&s.data_dir)
+                .args(["--api", &s.api, "--restarts", &restarts.to_string(), "--last-backoff-ms", &backoff.as_millis().to_string()])
+                .env("TENANTFLOW_SUPERVISED", "1");
+            children.push(cmd.spawn().context("starting a cluster process")?);
+        }
+        tracing::info!(processes = s.processes, restarts, "cluster started");
+        eprintln!("cluster: {} process(es) x {} worker(s), API on http://{}", s.processes, s.workers, s.api);
+        // Wait for a process to die or for a stop request.
+        let died = loop {
+            if stop.load(SeqCst) {
+                break None;
+            }
+            if let Some((i, status)) = children.iter_mut().enumerate().find_map(|(i, c)| c.try_wait().ok().flatten().map(|st| (i, st))) {
+                break Some((i, status));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        // Timely cannot continue without a process: stop them all.
+        for c in &mut children {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+        let Some((i, status)) = died else {
+            eprintln!("cluster: stopped");
+            let _ = std::fs::remove_file(s.data_dir.join("supervisor.pid"));
+            return Ok(std::process::ExitCode::SUCCESS);
+        };
+        tracing::error!(process = i, %status, "cluster process died; restarting the cluster");
+        eprintln!("cluster: process {i} exited ({status}); restarting all processes");
+        // A cluster that ran for a while starts over with the shortest backoff.
+        if started.elapsed() > s.crash_window {
+            backoff = Duration::ZERO;
+        }
+        let now = Instant::now();
+        recent.retain(|t| now.duration_since(*t) < s.crash_window);
+        recent.push(now);
+        if recent.len() > s.max_restarts {
+            let message = format!(
+                "crash loop: {} restarts within {:?}; the last: process {i} exited ({status}). Fix the cause and start the cluster again",
+                recent.len(),
+                s.crash_window
+            );
+            let _ = std::fs::write(
+                s.data_dir.join("cluster-status.json"),
+                serde_json::to_vec_pretty(&serde_json::json!({"state": "crash_loop", "restarts": restarts + 1, "message": message}))?,
+            );
+            tracing::error!("{message}");
+            eprintln!("cluster: {message}");
+            return Ok(std::process::ExitCode::from(3));
+        }
+        backoff = if backoff.is_zero() { BACKOFF_MIN } else { (backoff * 2).min(BACKOFF_MAX) };
+        restarts += 1;
+        std::thread::sleep(backoff);
+        if stop.load(SeqCst) {
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+    }
+}

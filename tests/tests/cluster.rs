@@ -1,0 +1,249 @@
+//! A supervised 2-process cluster driven through its CLI and HTTP API: jobs submitted while it
+//! runs give the same results as `tenantflow run`; a process killed with SIGKILL is restarted
+//! and the running job continues from its checkpoint with exact results; cancel (with and
+//! without a savepoint) and API errors behave as documented in docs/api.md.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenantflow_tests::tenantflow_bin;
+
+/// A bounded generator job, windowed, to a file; `extra` adds settings (rate, checkpoints).
+fn job(name: &str, out: &Path, events: u64, extra: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+[source]
+type = "generator"
+profile = "music"
+events = {events}
+tenants = 5
+{extra}
+
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+event_type = "string"
+ts = "timestamp"
+
+[time]
+field = "ts"
+max_out_of_orderness = "5s"
+
+[[steps]]
+window = {{ type = "tumbling", size = "1m" }}
+key_by = ["event_type"]
+aggregates = {{ n = "count(*)", users = "count_distinct(user_id)" }}
+
+[[sinks]]
+type = "file"
+path = "{}"
+"#,
+        out.display()
+    )
+}
+
+struct Cluster {
+    supervisor: Child,
+    api: String,
+    data: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, offset: u16) -> Cluster {
+        // Ports below Linux's ephemeral range, apart per test process and per test.
+        let base = 13_000 + (std::process::id() % 2_000) as u16 * 8 + offset * 4;
+        let api = format!("127.0.0.1:{}", base + 3);
+        let data = dir.join("data");
+        let supervisor = Command::new(tenantflow_bin())
+            .args(["cluster", "start", "--processes", "2", "--workers", "1", "--api", &api, "--port-base", &base.to_string()])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the cluster");
+        let cluster = Cluster { supervisor, api, data };
+        cluster.wait_for(Duration::from_secs(30), "the cluster to be ready", || {
+            cluster.http("GET", "/readyz").is_some_and(|(status, _)| status == 200)
+        });
+        cluster
+    }
+
+    /// Runs `tenantflow ARGS --api ... --output json` and parses its output.
+    fn cli(&self, args: &[&str]) -> Value {
+        let out = Command::new(tenantflow_bin()).args(args).args(["--api", &self.api, "--output", "json"]).output().expect("run the CLI");
+        assert!(out.status.success(), "tenantflow {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("tenantflow {args:?}: not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// A raw HTTP call: status and JSON body.
+    fn http(&self, method: &str, path: &str) -> Option<(u16, Value)> {
+        self.http_body(method, path, None)
+    }
+
+    fn http_body(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("http://{}{path}", self.api);
+        let mut response = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("DELETE", _) => agent.delete(&url).call(),
+            (_, Some(b)) => agent.post(&url).send(b),
+            (_, None) => agent.post(&url).send_empty(),
+        }
+        .ok()?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    fn state(&self, id: &str) -> String {
+        self.cli(&["job", "describe", id])["state"].as_str().unwrap_or("?").to_string()
+    }
+
+    fn wait_for(&self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !done() {
+            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_state(&self, id: &str, state: &str, limit: Duration) {
+        self.wait_for(limit, &format!("job {id} to be {state}"), || self.state(id) == state);
+    }
+
+    /// The pid of cluster process `index`, found by its command line.
+    fn process_pid(&self, index: usize) -> i32 {
+        let data = self.data.display().to_string();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let is_worker = args.iter().any(|a| a == "worker") && args.contains(&data);
+            if is_worker && args.windows(2).any(|w| w[0] == "--process" && w[1] == index.to_string()) {
+                return pid;
+            }
+        }
+        panic!("cluster process {index} not found");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; the supervisor stops its processes.
+        unsafe { libc::kill(self.supervisor.id() as libc::pid_t, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.supervisor.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.supervisor.kill();
+    }
+}
+
+/// The output of the same job run by `tenantflow run` in one process, sorted.
+fn reference(dir: &Path, text: &str) -> Vec<String> {
+    let file = dir.join("reference.toml");
+    std::fs::write(&file, text).expect("write job");
+    let out = Command::new(tenantflow_bin()).args(["run", "--quiet", "--workers", "2"]).arg(&file).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    sorted(&dir.join("reference.jsonl"))
+}
+
+fn sorted(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn submitted_jobs_match_a_single_process_run_and_survive_a_killed_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cluster = Cluster::start(d, 0);
+    let status = cluster.cli(&["cluster", "status"]);
+    assert_eq!(status["processes"], 2);
+    assert_eq!(status["restarts"], 0);
+
+    // A bounded job, submitted while the cluster runs.
+    let text = job("plays", &d.join("plays.jsonl"), 100_000, "");
+    std::fs::write(d.join("plays.toml"), &text).expect("write job");
+    let submitted = cluster.cli(&["job", "submit", &d.join("plays.toml").display().to_string()]);
+    let id = submitted["id"].as_str().expect("job id").to_string();
+    cluster.wait_state(&id, "finished", Duration::from_secs(60));
+    let expected = reference(d, &job("plays", &d.join("reference.jsonl"), 100_000, ""));
+    assert!(expected.len() > 20, "too little output to compare");
+    assert_eq!(sorted(&d.join("plays.jsonl")), expected);
+
+    // A slower job with checkpoints; process 1 is killed while it runs.
+    let extra = format!("rate = 40000\n\n[checkpoint]\ndir = \"{}\"\ninterval = \"300ms\"", d.join("ck").display());
+    let text = job("slow", &d.join("slow.jsonl"), 240_000, &extra);
+    std::fs::write(d.join("slow.toml"), &text).expect("write job");
+    let id = cluster.cli(&["job", "submit", &d.join("slow.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_for(Duration::from_secs(30), "a checkpoint", || {
+        cluster.cli(&["job", "describe", &id])["last_checkpoint"]["epoch"].as_u64().is_some_and(|e| e >= 2)
+    });
+    // SAFETY: killing a process of our own cluster.
+    unsafe { libc::kill(cluster.process_pid(1), libc::SIGKILL) };
+    cluster.wait_for(Duration::from_secs(30), "the restart", || {
+        cluster.http("GET", "/api/v1/cluster").is_some_and(|(_, v)| v["restarts"] == 1 && v["ready"] == true)
+    });
+    cluster.wait_state(&id, "finished", Duration::from_secs(90));
+    let expected = reference(d, &job("slow", &d.join("reference.jsonl"), 240_000, "rate = 40000"));
+    assert_eq!(sorted(&d.join("slow.jsonl")), expected, "results after the restart differ from a crash-free run");
+    // The finished first job is not run again by the restarted cluster.
+    assert_eq!(cluster.state(submitted["id"].as_str().unwrap_or_default()), "finished");
+}
+
+#[test]
+fn cancel_and_api_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cluster = Cluster::start(d, 1);
+
+    // Invalid job: 422 with each problem's line, column and key.
+    let (status, body) = cluster.http_body("POST", "/api/v1/jobs?file=bad.toml", Some("[source]\ntype = \"nope\"\n")).expect("API");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_job");
+    let problem = &body["error"]["problems"][0];
+    assert_eq!(problem["file"], "bad.toml");
+    assert_eq!(problem["line"], 2, "{body}");
+    assert!(problem["key"].as_str().is_some_and(|k| k.contains("type")), "{body}");
+    // Unknown job and endpoint: 404 with a JSON error.
+    let (status, body) = cluster.http("GET", "/api/v1/jobs/nope-1").expect("API");
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let (status, _) = cluster.http("GET", "/api/v1/nothing").expect("API");
+    assert_eq!(status, 404);
+
+    // An unbounded-for-the-test job (slow rate), cancelled at once.
+    let slow = |name: &str, ck: &str| job(name, &d.join(format!("{name}.jsonl")), 10_000_000, &format!("rate = 20000\n{ck}"));
+    std::fs::write(d.join("a.toml"), slow("a", "")).expect("write job");
+    let a = cluster.cli(&["job", "submit", &d.join("a.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_state(&a, "running", Duration::from_secs(30));
+    cluster.cli(&["job", "cancel", &a]);
+    cluster.wait_state(&a, "cancelled", Duration::from_secs(30));
+    let (status, body) = cluster.http("DELETE", &format!("/api/v1/jobs/{a}")).expect("API");
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_ended")));
+
+    // With checkpoints, cancelled with a savepoint, then continued from it.
+    let ck = format!("\n[checkpoint]\ndir = \"{}\"\ninterval = \"1h\"", d.join("ck").display());
+    std::fs::write(d.join("b.toml"), slow("b", &ck)).expect("write job");
+    let b = cluster.cli(&["job", "submit", &d.join("b.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_for(Duration::from_secs(30), "events", || cluster.cli(&["job", "describe", &b])["events_in"].as_u64().unwrap_or(0) > 0);
+    cluster.cli(&["job", "cancel", &b, "--savepoint"]);
+    cluster.wait_state(&b, "savepointed", Duration::from_secs(30));
+    let before = cluster.cli(&["job", "describe", &b])["last_checkpoint"]["epoch"].as_u64().expect("savepoint epoch");
+    let b2 = cluster.cli(&["job", "submit", &d.join("b.toml").display().to_string(), "--restore"])["id"].as_str().expect("id").to_string();
+    cluster.wait_state(&b2, "running", Duration::from_secs(30));
+    let listed = cluster.cli(&["job", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    assert!(before >= 1);
+}
