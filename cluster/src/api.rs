@@ -30,6 +30,8 @@ pub struct ClusterInfo {
     pub started: Instant,
     /// Whether a supervisor runs this process (then `cluster stop` signals it).
     pub supervised: bool,
+    /// The other processes' metrics servers, whose `/status` the API sums job counters over.
+    pub peers: Vec<String>,
 }
 
 /// A submitted job as the book keeps it.
@@ -54,6 +56,10 @@ pub struct Api {
     book: Mutex<Book>,
     data_dir: PathBuf,
     cluster: ClusterInfo,
+    /// The other processes' job statuses, by job id, as last fetched (with the processes that
+    /// answered).
+    peer_statuses: Mutex<(BTreeMap<String, Vec<JobStatus>>, usize)>,
+    agent: ureq::Agent,
 }
 
 type Shared = Arc<Api>;
@@ -72,7 +78,8 @@ impl Api {
             tracing::info!(job = %r.id, "job restored after a cluster restart");
             control.send(Action::Submit { id: r.id.clone(), name: r.name.clone(), text: r.text.clone(), restore: true });
         }
-        Ok(Api { control, book: Mutex::new(book), data_dir, cluster })
+        let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
+        Ok(Api { control, book: Mutex::new(book), data_dir, cluster, peer_statuses: Mutex::new((BTreeMap::new(), 0)), agent })
     }
 
     fn save(&self, book: &Book) {
@@ -90,9 +97,35 @@ impl Api {
     /// Records ended jobs in the book; cancels failed ones everywhere (a failure seen here must
     /// not leave the job half-running on other processes).
     fn sync(&self) {
+        let mut peers: BTreeMap<String, Vec<JobStatus>> = BTreeMap::new();
+        let mut answered = 0;
+        for addr in &self.cluster.peers {
+            let fetched = self
+                .agent
+                .get(format!("http://{addr}/status"))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_json::<Vec<JobStatus>>().ok());
+            if let Some(statuses) = fetched {
+                answered += 1;
+                for s in statuses {
+                    peers.entry(s.id.clone()).or_default().push(s);
+                }
+            }
+        }
+        let mut statuses = self.control.registry().statuses();
+        // A job that failed on another process fails everywhere.
+        for s in &mut statuses {
+            if peers.get(&s.id).is_some_and(|p| p.iter().any(|p| p.state == JobState::Failed)) && !s.state.is_terminal() {
+                s.state = JobState::Failed;
+            }
+        }
+        if let Ok(mut p) = self.peer_statuses.lock() {
+            *p = (peers, answered);
+        }
         let Ok(mut book) = self.book.lock() else { return };
         let mut changed = false;
-        for status in self.control.registry().statuses() {
+        for status in statuses {
             let Some(record) = book.jobs.get_mut(&status.id) else { continue };
             if record.state != Some(status.state) {
                 if status.state == JobState::Failed && record.state != Some(JobState::Failed) {
@@ -281,7 +314,10 @@ fn state_name(state: Option<JobState>) -> String {
 
 /// A job as the API shows it: the book's record with process 0's live counters.
 fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
-    let status: Option<JobStatus> = api.control.registry().status(&r.id);
+    let status: Option<JobStatus> = api.control.registry().status(&r.id).map(|mine| {
+        let peers = api.peer_statuses.lock().map(|p| p.0.get(&r.id).cloned().unwrap_or_default()).unwrap_or_default();
+        merge(mine, &peers)
+    });
     let state = status.as_ref().map(|s| s.state).or(r.state);
     let mut v = json!({
         "id": r.id,
@@ -303,9 +339,29 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
             None => serde_json::Value::Null,
         };
         v["last_error"] = s.errors.last().cloned().into();
-        v["counters_from"] = "process 0".into();
     }
     v
+}
+
+/// Process 0's status of a job with the other processes' counters added: sums of counts, the
+/// lowest watermark, a failure anywhere.
+fn merge(mut total: JobStatus, peers: &[JobStatus]) -> JobStatus {
+    for p in peers {
+        total.events_in += p.events_in;
+        total.rows_out += p.rows_out;
+        total.dead_letters += p.dead_letters;
+        total.late_events += p.late_events;
+        total.windows_fired += p.windows_fired;
+        total.watermark_us = match (total.watermark_us, p.watermark_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        total.errors.extend(p.errors.iter().cloned());
+        if p.state == JobState::Failed && !total.state.is_terminal() {
+            total.state = JobState::Failed;
+        }
+    }
+    total
 }
 
 fn slug(name: &str) -> String {

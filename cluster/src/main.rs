@@ -4,6 +4,7 @@
 
 mod api;
 mod client;
+mod metrics;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -102,6 +103,12 @@ enum ClusterCommand {
         /// First Timely port on 127.0.0.1 without a hostfile.
         #[arg(long, default_value_t = 2101)]
         port_base: u16,
+        /// Process i serves /metrics on port METRICS_PORT_BASE + i (of its hostfile address).
+        #[arg(long, default_value_t = 9464)]
+        metrics_port_base: u16,
+        /// Tenants per job with a metrics label of their own (the busiest); the rest are `other`.
+        #[arg(long, default_value_t = 20)]
+        metrics_top_tenants: usize,
         /// Restarts within --crash-window after which the supervisor gives up.
         #[arg(long, default_value_t = 5)]
         max_restarts: usize,
@@ -176,6 +183,11 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, default_value = DEFAULT_API)]
         api: String,
+        /// Every process's metrics address (`/metrics`, `/status`), in process order.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        #[arg(long, default_value_t = 20)]
+        metrics_top_tenants: usize,
         /// Set by the supervisor: how often the cluster was restarted, and the last backoff.
         #[arg(long, default_value_t = 0)]
         restarts: u64,
@@ -242,7 +254,18 @@ fn main() -> ExitCode {
 
 fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Cluster(ClusterCommand::Start { processes, workers, hostfile, data_dir, api, port_base, max_restarts, crash_window }) => {
+        Command::Cluster(ClusterCommand::Start {
+            processes,
+            workers,
+            hostfile,
+            data_dir,
+            api,
+            port_base,
+            metrics_port_base,
+            metrics_top_tenants,
+            max_restarts,
+            crash_window,
+        }) => {
             let crash_window = match tenantflow_core::time::parse_duration(&crash_window) {
                 Some(us) if us > 0 => std::time::Duration::from_micros(us as u64),
                 _ => anyhow::bail!("--crash-window: invalid duration \"{crash_window}\" (expected e.g. \"60s\")"),
@@ -254,6 +277,8 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
                 data_dir,
                 api,
                 port_base,
+                metrics_port_base,
+                metrics_top_tenants,
                 max_restarts,
                 crash_window,
                 log_json: matches!(log_format, LogFormat::Json),
@@ -274,8 +299,29 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
         Command::Job(JobCommand::Cancel { id, savepoint, api }) => {
             client::Client::new(&api.api).cancel(&id, savepoint, api.output).map(|()| ExitCode::SUCCESS)
         }
-        Command::Worker { process, processes, workers, hostfile, data_dir, api, restarts, last_backoff_ms } => {
+        Command::Worker {
+            process,
+            processes,
+            workers,
+            hostfile,
+            data_dir,
+            api,
+            metrics: metrics_addrs,
+            metrics_top_tenants,
+            restarts,
+            last_backoff_ms,
+        } => {
             let registry = Arc::new(tenantflow_engine::host::Registry::default());
+            if let Some(addr) = metrics_addrs.get(process) {
+                let exporter = metrics::Exporter {
+                    registry: Arc::clone(&registry),
+                    process,
+                    workers,
+                    top_tenants: metrics_top_tenants,
+                    started: std::time::Instant::now(),
+                };
+                metrics::serve(exporter, addr)?;
+            }
             let commands = if process == 0 {
                 let (control, rx) = tenantflow_engine::host::Control::new(Arc::clone(&registry));
                 let info = api::ClusterInfo {
@@ -285,6 +331,7 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
                     last_backoff_ms,
                     started: std::time::Instant::now(),
                     supervised: std::env::var_os("TENANTFLOW_SUPERVISED").is_some(),
+                    peers: metrics_addrs.iter().skip(1).cloned().collect(),
                 };
                 api::serve(api::Api::open(control, data_dir, info)?, &api)?;
                 Some(rx)

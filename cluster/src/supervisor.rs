@@ -21,6 +21,9 @@ pub struct Supervise {
     pub api: String,
     /// First Timely port on 127.0.0.1 when there is no hostfile (one per process).
     pub port_base: u16,
+    /// Process i serves metrics on this port + i, at its hostfile address.
+    pub metrics_port_base: u16,
+    pub metrics_top_tenants: usize,
     /// Restarts allowed within `crash_window` before the supervisor gives up.
     pub max_restarts: usize,
     pub crash_window: Duration,
@@ -42,6 +45,19 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
         }
     };
     std::fs::write(s.data_dir.join("supervisor.pid"), format!("{}\n", std::process::id()))?;
+    let hosts = std::fs::read_to_string(&hostfile).with_context(|| format!("reading {}", hostfile.display()))?;
+    let hosts: Vec<&str> = hosts.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    if hosts.len() < s.processes {
+        anyhow::bail!("hostfile {} lists {} hosts, expected {}", hostfile.display(), hosts.len(), s.processes);
+    }
+    let metrics: Vec<String> = (0..s.processes)
+        .map(|i| {
+            let host = hosts[i].rsplit_once(':').map_or(hosts[i], |(h, _)| h);
+            format!("{host}:{}", s.metrics_port_base as usize + i)
+        })
+        .collect();
+    // For a Prometheus scrape configuration.
+    std::fs::write(s.data_dir.join("metrics-targets"), metrics.join("\n") + "\n")?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
@@ -62,6 +78,7 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
                 .arg("--data-dir")
                 .arg(&s.data_dir)
                 .args(["--api", &s.api, "--restarts", &restarts.to_string(), "--last-backoff-ms", &backoff.as_millis().to_string()])
+                .args(["--metrics", &metrics.join(","), "--metrics-top-tenants", &s.metrics_top_tenants.to_string()])
                 .env("TENANTFLOW_SUPERVISED", "1");
             children.push(cmd.spawn().context("starting a cluster process")?);
         }

@@ -80,7 +80,7 @@ pub struct Registry {
 }
 
 /// A job's state and counters on this process.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobStatus {
     pub id: String,
     pub name: String,
@@ -111,6 +111,12 @@ impl Registry {
         let job = self.jobs.lock().ok()?.get(id).cloned()?;
         let job = job.lock().ok()?;
         Some(status(&job))
+    }
+
+    /// Every job on this process with its state, for metrics.
+    pub fn jobs(&self) -> Vec<(String, String, JobState, Arc<Prepared>)> {
+        let jobs: Vec<_> = self.jobs.lock().map(|j| j.values().cloned().collect()).unwrap_or_default();
+        jobs.iter().filter_map(|j| j.lock().ok().map(|j| (j.id.clone(), j.name.clone(), j.state, Arc::clone(&j.job)))).collect()
     }
 
     fn get(&self, id: &str) -> Option<Arc<Mutex<HostedJob>>> {

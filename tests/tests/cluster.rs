@@ -56,11 +56,12 @@ struct Cluster {
 impl Cluster {
     fn start(dir: &Path, offset: u16) -> Cluster {
         // Ports below Linux's ephemeral range, apart per test process and per test.
-        let base = 13_000 + (std::process::id() % 2_000) as u16 * 8 + offset * 4;
+        let base = 13_000 + (std::process::id() % 1_000) as u16 * 16 + offset * 8;
         let api = format!("127.0.0.1:{}", base + 3);
         let data = dir.join("data");
         let supervisor = Command::new(tenantflow_bin())
             .args(["cluster", "start", "--processes", "2", "--workers", "1", "--api", &api, "--port-base", &base.to_string()])
+            .args(["--metrics-port-base", &(base + 4).to_string()])
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())
@@ -179,6 +180,22 @@ fn submitted_jobs_match_a_single_process_run_and_survive_a_killed_process() {
     let submitted = cluster.cli(&["job", "submit", &d.join("plays.toml").display().to_string()]);
     let id = submitted["id"].as_str().expect("job id").to_string();
     cluster.wait_state(&id, "finished", Duration::from_secs(60));
+    // Counters are summed over both processes (the API fetches the other's).
+    cluster.wait_for(Duration::from_secs(5), "counters of both processes", || {
+        cluster.cli(&["job", "describe", &id])["events_in"].as_u64() == Some(100_000)
+    });
+    // Each process exports its share in the Prometheus format.
+    let targets = std::fs::read_to_string(cluster.data.join("metrics-targets")).expect("metrics targets");
+    let mut scraped = 0;
+    for target in targets.lines() {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let text = agent.get(format!("http://{target}/metrics")).call().expect("scrape").body_mut().read_to_string().expect("body");
+        assert!(text.contains("# TYPE tenantflow_events_in_total counter"), "{text}");
+        for line in text.lines().filter(|l| l.starts_with("tenantflow_events_in_total{") && l.contains(&format!("job=\"{id}\""))) {
+            scraped += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    assert_eq!(scraped, 100_000, "events_in_total over both processes' /metrics");
     let expected = reference(d, &job("plays", &d.join("reference.jsonl"), 100_000, ""));
     assert!(expected.len() > 20, "too little output to compare");
     assert_eq!(sorted(&d.join("plays.jsonl")), expected);
