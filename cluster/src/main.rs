@@ -231,8 +231,11 @@ enum Command {
     },
 }
 
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTFLOW_LOG").unwrap_or_else(|_| "warn".into());
+/// Logs go to stderr; `TENANTFLOW_LOG` sets the level (e.g. `info`, `tenantflow_engine=debug`).
+/// Cluster processes log job lifecycle events (submitted, running, checkpointed, failed,
+/// restored, cancelled) at `info` by default, one line each; single runs only warnings.
+fn init_logs(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TENANTFLOW_LOG").unwrap_or_else(|_| default.into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -242,7 +245,8 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    let cluster_process = matches!(cli.command, Command::Worker { .. } | Command::Cluster(ClusterCommand::Start { .. }));
+    init_logs(cli.log_format, if cluster_process { "info" } else { "warn" });
     match execute(cli.command, cli.log_format) {
         Ok(code) => code,
         Err(e) => {

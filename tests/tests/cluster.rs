@@ -55,19 +55,29 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, offset: u16) -> Cluster {
+        Cluster::start_with(dir, offset, 2, false)
+    }
+
+    /// `processes` processes; with `loopbacks`, process i listens on 127.0.0.(i+1), as if on
+    /// hosts of their own (via a hostfile).
+    fn start_with(dir: &Path, offset: u16, processes: usize, loopbacks: bool) -> Cluster {
         // Ports below Linux's ephemeral range, apart per test process and per test.
         let base = 13_000 + (std::process::id() % 1_000) as u16 * 16 + offset * 8;
         let api = format!("127.0.0.1:{}", base + 3);
         let data = dir.join("data");
-        let supervisor = Command::new(tenantflow_bin())
-            .args(["cluster", "start", "--processes", "2", "--workers", "1", "--api", &api, "--port-base", &base.to_string()])
-            .args(["--metrics-port-base", &(base + 4).to_string()])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the cluster");
+        let mut cmd = Command::new(tenantflow_bin());
+        cmd.args(["cluster", "start", "--processes", &processes.to_string(), "--workers", "1", "--api", &api]).args([
+            "--port-base",
+            &base.to_string(),
+            "--metrics-port-base",
+            &(base + 4).to_string(),
+        ]);
+        if loopbacks {
+            let hosts: String = (0..processes).map(|i| format!("127.0.0.{}:{}\n", i + 1, base as usize + i)).collect();
+            std::fs::write(dir.join("hosts"), hosts).expect("hostfile");
+            cmd.arg("--hostfile").arg(dir.join("hosts"));
+        }
+        let supervisor = cmd.arg("--data-dir").arg(&data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the cluster");
         let cluster = Cluster { supervisor, api, data };
         cluster.wait_for(Duration::from_secs(30), "the cluster to be ready", || {
             cluster.http("GET", "/readyz").is_some_and(|(status, _)| status == 200)
@@ -263,4 +273,22 @@ fn cancel_and_api_errors() {
     let listed = cluster.cli(&["job", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
     assert!(before >= 1);
+}
+
+/// Three processes with distinct addresses (127.0.0.1, .2, .3, each with its Timely port and
+/// metrics server there) give the results of one process.
+#[test]
+fn three_processes_on_distinct_addresses_match_one_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cluster = Cluster::start_with(d, 2, 3, true);
+    assert_eq!(cluster.cli(&["cluster", "status"])["workers"], 3);
+    let targets = std::fs::read_to_string(cluster.data.join("metrics-targets")).expect("metrics targets");
+    assert_eq!(targets.lines().map(|t| t.split(':').next().unwrap_or("")).collect::<Vec<_>>(), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    std::fs::write(d.join("plays.toml"), job("plays", &d.join("plays.jsonl"), 150_000, "")).expect("write job");
+    let id = cluster.cli(&["job", "submit", &d.join("plays.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_state(&id, "finished", Duration::from_secs(60));
+    let expected = reference(d, &job("plays", &d.join("reference.jsonl"), 150_000, ""));
+    assert!(expected.len() > 20, "too little output to compare");
+    assert_eq!(sorted(&d.join("plays.jsonl")), expected);
 }
