@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine (run as root): rustfmt and
 # clippy for the Rust toolchain, OpenSSL headers and pkg-config (librdkafka is built with TLS
-# and SASL), and Debian's kcat (an external Kafka client for the Kafka tests).
+# and SASL), Debian's kcat (an external Kafka client for the Kafka tests) and Prometheus (the
+# dashboards test evaluates every Grafana query against it).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -16,6 +17,7 @@ done
 
 missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then

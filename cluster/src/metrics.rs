@@ -4,7 +4,8 @@
 //! The engine counts with atomics on its hot paths; this module reads them when scraped and
 //! builds the exposition then, so metrics cost nothing between scrapes. Tenant labels are
 //! bounded: the `top_tenants` busiest tenants of each job keep their own label, the others are
-//! summed under `tenant="other"`.
+//! summed under `tenant="other"`. Jobs are labelled `job_id` (Prometheus keeps `job` for the
+//! scrape job).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -73,17 +74,18 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::R
 fn render(e: &Exporter) -> prometheus::Result<String> {
     let r = Registry::new_custom(Some("tenantflow".into()), None)?;
     let process = e.process.to_string();
-    let events_in = counter(&r, "events_in_total", "Events read by the job's sources", &["job", "tenant"])?;
-    let events_out = counter(&r, "events_out_total", "Result rows written to the sinks", &["job", "tenant"])?;
-    let late = counter(&r, "events_late_total", "Events behind the watermark (dropped, side output or late update)", &["job", "tenant"])?;
-    let dead = counter(&r, "events_dead_lettered_total", "Events sent to the dead-letter output", &["job", "tenant"])?;
-    let dropped = counter(&r, "events_dropped_total", "Late events dropped", &["job"])?;
-    let windows = counter(&r, "windows_fired_total", "Window results emitted", &["job"])?;
-    let checkpoints = counter(&r, "checkpoints_total", "Checkpoints committed", &["job"])?;
-    let lag = gauge(&r, "watermark_lag_seconds", "Wall clock minus the job's event-time watermark on this process", &["job"])?;
-    let ck_duration = gauge(&r, "checkpoint_duration_seconds", "Last checkpoint, first part to commit", &["job"])?;
-    let ck_size = gauge(&r, "checkpoint_size_bytes", "Size of the last committed checkpoint", &["job"])?;
-    let ck_epoch = gauge(&r, "checkpoint_last_epoch", "Epoch of the last committed checkpoint", &["job"])?;
+    let events_in = counter(&r, "events_in_total", "Events read by the job's sources", &["job_id", "tenant"])?;
+    let events_out = counter(&r, "events_out_total", "Result rows written to the sinks", &["job_id", "tenant"])?;
+    let late =
+        counter(&r, "events_late_total", "Events behind the watermark (dropped, side output or late update)", &["job_id", "tenant"])?;
+    let dead = counter(&r, "events_dead_lettered_total", "Events sent to the dead-letter output", &["job_id", "tenant"])?;
+    let dropped = counter(&r, "events_dropped_total", "Late events dropped", &["job_id"])?;
+    let windows = counter(&r, "windows_fired_total", "Window results emitted", &["job_id"])?;
+    let checkpoints = counter(&r, "checkpoints_total", "Checkpoints committed", &["job_id"])?;
+    let lag = gauge(&r, "watermark_lag_seconds", "Wall clock minus the job's event-time watermark on this process", &["job_id"])?;
+    let ck_duration = gauge(&r, "checkpoint_duration_seconds", "Last checkpoint, first part to commit", &["job_id"])?;
+    let ck_size = gauge(&r, "checkpoint_size_bytes", "Size of the last committed checkpoint", &["job_id"])?;
+    let ck_epoch = gauge(&r, "checkpoint_last_epoch", "Epoch of the last committed checkpoint", &["job_id"])?;
     let jobs = IntGaugeVec::new(Opts::new("jobs", "Jobs on this process by state"), &["state"])?;
     r.register(Box::new(jobs.clone()))?;
     let kafka_lag = gauge(

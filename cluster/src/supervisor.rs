@@ -58,6 +58,8 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
         .collect();
     // For a Prometheus scrape configuration.
     std::fs::write(s.data_dir.join("metrics-targets"), metrics.join("\n") + "\n")?;
+    let file_sd = serde_json::json!([{"targets": metrics, "labels": {"cluster": "tenantflow"}}]);
+    std::fs::write(s.data_dir.join("metrics-targets.json"), serde_json::to_vec_pretty(&file_sd)?)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;

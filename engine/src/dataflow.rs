@@ -603,6 +603,8 @@ struct SinkState {
     dead: Box<dyn DeadLetterSink>,
     late: Option<Box<dyn Sink>>,
     tenants: TenantCounts,
+    /// When `tenants` last went to the shared stats (µs).
+    tenants_merged: i64,
     shared: Arc<Shared>,
     failed: bool,
     /// Checkpoints aligned here whose parts are not all written yet, oldest first.
@@ -626,6 +628,7 @@ impl SinkState {
             dead: open_dead_letters(plan, shared),
             late,
             tenants: TenantCounts::default(),
+            tenants_merged: 0,
             shared: Arc::clone(shared),
             failed: false,
             to_commit: VecDeque::new(),
@@ -635,6 +638,11 @@ impl SinkState {
     /// Writes everything of one timestamp in a deterministic order, so output files do not
     /// depend on the number of workers or on thread scheduling.
     fn write_time(&mut self, msgs: Vec<Msg>, tenant_out: Option<usize>, shared: &Shared) {
+        let now = time::now_micros();
+        if now - self.tenants_merged >= crate::ingest::TENANT_MERGE_US {
+            self.shared.merge_tenants(std::mem::take(&mut self.tenants));
+            self.tenants_merged = now;
+        }
         let mut rows = Vec::new();
         let mut dead = Vec::new();
         let mut late = Vec::new();

@@ -63,6 +63,8 @@ pub struct Ingest {
     /// of theirs (`Source::watermark_hint`), not the largest event time seen overall.
     per_partition: bool,
     tenants: TenantCounts,
+    /// When `tenants` last went to the shared stats (µs).
+    tenants_merged: i64,
     shared: Arc<Shared>,
     local: usize,
     idle_since: Option<Instant>,
@@ -90,6 +92,7 @@ impl Ingest {
             watermark: i64::MIN,
             per_partition: matches!(plan.spec.source, tenantflow_core::job::SourceSpec::Kafka(_)),
             tenants: TenantCounts::default(),
+            tenants_merged: 0,
             shared,
             local,
             idle_since: None,
@@ -164,6 +167,11 @@ impl Ingest {
     /// Reads and processes up to `batch_size` records, appending messages to `out`.
     pub fn step(&mut self, out: &mut Vec<Msg>) -> Status {
         let now = time::now_micros();
+        // Per-tenant counts reach the shared stats (and metrics) once a second.
+        if now - self.tenants_merged >= TENANT_MERGE_US {
+            self.shared.merge_tenants(std::mem::take(&mut self.tenants));
+            self.tenants_merged = now;
+        }
         let mut total = 0;
         let status = loop {
             // Small chunks keep the row buffer in cache; pre-aggregation spans the whole step.
@@ -342,6 +350,9 @@ impl Ingest {
         }
     }
 }
+
+/// How often per-tenant counts are merged into the shared stats while a job runs.
+pub(crate) const TENANT_MERGE_US: i64 = 1_000_000;
 
 impl Drop for Ingest {
     fn drop(&mut self) {

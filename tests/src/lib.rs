@@ -29,3 +29,39 @@ pub fn tenantflow_bin() -> PathBuf {
     assert!(bin.exists(), "{} is missing: build it first with `cargo build --bins`", bin.display());
     bin
 }
+
+/// Kills and reaps a child process when dropped.
+pub struct Guard(pub std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `tenantflow dev-kafka TOPICS` (3 partitions each) in `dir`; returns it and the
+/// bootstrap address, which it also wrote to `dir/bootstrap`.
+pub fn dev_kafka(dir: &Path, topics: &[&str]) -> (Guard, String) {
+    use std::time::{Duration, Instant};
+    let child = std::process::Command::new(tenantflow_bin())
+        .arg("dev-kafka")
+        .args(topics)
+        .args(["--partitions", "3", "--bootstrap-file", "bootstrap"])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn dev-kafka");
+    let guard = Guard(child);
+    let start = Instant::now();
+    loop {
+        if let Ok(b) = std::fs::read_to_string(dir.join("bootstrap")) {
+            if b.ends_with('\n') {
+                return (guard, b.trim().to_string());
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "dev-kafka wrote no bootstrap file");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -201,7 +201,7 @@ fn submitted_jobs_match_a_single_process_run_and_survive_a_killed_process() {
         let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
         let text = agent.get(format!("http://{target}/metrics")).call().expect("scrape").body_mut().read_to_string().expect("body");
         assert!(text.contains("# TYPE tenantflow_events_in_total counter"), "{text}");
-        for line in text.lines().filter(|l| l.starts_with("tenantflow_events_in_total{") && l.contains(&format!("job=\"{id}\""))) {
+        for line in text.lines().filter(|l| l.starts_with("tenantflow_events_in_total{") && l.contains(&format!("job_id=\"{id}\""))) {
             scraped += line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         }
     }
@@ -291,4 +291,102 @@ fn three_processes_on_distinct_addresses_match_one_process() {
     let expected = reference(d, &job("plays", &d.join("reference.jsonl"), 150_000, ""));
     assert!(expected.len() > 20, "too little output to compare");
     assert_eq!(sorted(&d.join("plays.jsonl")), expected);
+}
+
+/// Every PromQL expression of the Grafana dashboards (deploy/grafana/dashboards), evaluated by a
+/// real Prometheus scraping a running cluster, returns data. The cluster runs a generator ->
+/// Kafka job and a Kafka -> window job with checkpoints (dev-kafka, in the test).
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let prometheus = "prometheus";
+    assert!(
+        Command::new(prometheus).arg("--version").output().is_ok_and(|o| o.status.success()),
+        "prometheus is missing: scripts/setup.sh installs it (apt-get install prometheus)"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_kafka, _) = tenantflow_tests::dev_kafka(d, &["events"]);
+    let bootstrap = d.join("bootstrap");
+    let cluster = Cluster::start(d, 3);
+    let schema = "[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nuser_id = \"string\"\nevent_type = \"string\"\nts = \"timestamp\"\n";
+    let producer = format!(
+        "name = \"produce\"\n[source]\ntype = \"generator\"\nprofile = \"music\"\nevents = 100000000\nrate = 2000\ntenants = 4\n\n{schema}\n[[sinks]]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\n",
+        bootstrap.display()
+    );
+    let consumer = format!(
+        "name = \"consume\"\n[source]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\ngroup_id = \"dashboards\"\n\n{schema}\n[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n\n[[steps]]\nwindow = {{ type = \"tumbling\", size = \"1s\" }}\nkey_by = [\"event_type\"]\naggregates = {{ n = \"count(*)\" }}\n\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n\n[checkpoint]\ndir = \"{}\"\ninterval = \"1s\"\n",
+        bootstrap.display(),
+        d.join("consume.jsonl").display(),
+        d.join("ck").display()
+    );
+    for (name, text) in [("produce", producer), ("consume", consumer)] {
+        let file = d.join(format!("{name}.toml"));
+        std::fs::write(&file, text).expect("write job");
+        let id = cluster.cli(&["job", "submit", &file.display().to_string()])["id"].as_str().expect("id").to_string();
+        cluster.wait_state(&id, "running", Duration::from_secs(30));
+    }
+
+    // Prometheus scrapes the processes listed by the supervisor, every second.
+    let port = 13_000 + (std::process::id() % 1_000) as u16 * 16 + 3 * 8 + 7;
+    let config = d.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tenantflow\n    file_sd_configs:\n      - files: [\"{}\"]\n",
+            cluster.data.join("metrics-targets.json").display()
+        ),
+    )
+    .expect("prometheus config");
+    let _prometheus = tenantflow_tests::Guard(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", d.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let query = |expr: &str| -> Value {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        agent.get(&url).query("query", expr).call().ok().and_then(|mut r| r.body_mut().read_json::<Value>().ok()).unwrap_or(Value::Null)
+    };
+    // Enough scrapes for rates over 30 s, and a checkpoint and some Kafka lag to show.
+    cluster.wait_for(Duration::from_secs(60), "Prometheus to have scraped both processes for a while", || {
+        query("count_over_time(up{job=\"tenantflow\"}[1m])")["data"]["result"].as_array().is_some_and(|r| {
+            r.len() == 2 && r.iter().all(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) >= 6.0)
+        })
+    });
+
+    let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards");
+    let mut checked = 0;
+    let mut empty = Vec::new();
+    for entry in std::fs::read_dir(&dashboards).expect("dashboards").flatten() {
+        let dashboard: Value = serde_json::from_slice(&std::fs::read(entry.path()).expect("read")).expect("dashboard JSON");
+        let mut exprs: Vec<String> = Vec::new();
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            exprs.extend(panel["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str().map(String::from)));
+        }
+        // Template variables: label_values(METRIC, LABEL) as the PromQL it stands for.
+        for var in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+            let q = var["query"]["query"].as_str().unwrap_or_default();
+            if let Some(inner) = q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')) {
+                if let Some((metric, label)) = inner.rsplit_once(", ") {
+                    exprs.push(format!("count by ({label}) ({metric})"));
+                }
+            }
+        }
+        for expr in exprs {
+            let promql = expr.replace("$__rate_interval", "30s").replace("$job", ".+").replace("$tenant", ".+");
+            let answer = query(&promql);
+            assert_eq!(answer["status"], "success", "{}: {promql}: {answer}", entry.path().display());
+            if answer["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                empty.push(format!("{}: {promql}", entry.file_name().to_string_lossy()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} expressions found");
+    assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
 }

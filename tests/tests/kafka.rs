@@ -3,24 +3,14 @@
 //! topic with exactly the expected results; an undecodable record becomes a dead letter.
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenantflow_tests::tenantflow_bin;
+use tenantflow_tests::{dev_kafka, tenantflow_bin};
 
 /// Kills the child (by PID) when dropped, so a failing test leaves no broker behind.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn kcat() -> &'static str {
     assert!(
         Command::new("kcat").arg("-V").output().is_ok_and(|o| o.status.success()),
@@ -62,29 +52,6 @@ fn run(mut cmd: Command, stdin: Option<&str>, limit: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn start_cluster(dir: &Path, topics: &[&str]) -> (Guard, String) {
-    let child = Command::new(tenantflow_bin())
-        .arg("dev-kafka")
-        .args(topics)
-        .args(["--partitions", "3", "--bootstrap-file", "bootstrap"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn dev-kafka");
-    let guard = Guard(child);
-    let start = Instant::now();
-    loop {
-        if let Ok(b) = std::fs::read_to_string(dir.join("bootstrap")) {
-            if b.ends_with('\n') {
-                return (guard, b.trim().to_string());
-            }
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "dev-kafka wrote no bootstrap file");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 const JOB: &str = r#"
 [source]
 type = "kafka"
@@ -116,7 +83,7 @@ topic = "results"
 #[test]
 fn kcat_events_are_windowed_into_a_topic() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_cluster, bootstrap) = start_cluster(dir.path(), &["events", "results"]);
+    let (_cluster, bootstrap) = dev_kafka(dir.path(), &["events", "results"]);
 
     // 300 events over 3 tenants and 60 s of event time, slightly out of order, plus one bad record.
     let mut lines: Vec<String> = (0..300)
@@ -189,7 +156,7 @@ fn consume(bootstrap: &str, topic: &str, dedupe: bool) -> Vec<String> {
 #[test]
 fn killed_kafka_job_yields_each_result_once_by_id() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (_cluster, bootstrap) = start_cluster(dir.path(), &["events", "results", "reference"]);
+    let (_cluster, bootstrap) = dev_kafka(dir.path(), &["events", "results", "reference"]);
     let lines: Vec<String> = (0..200_000i64)
         .map(|i| format!(r#"{{"tenant":"t{}","ms":{},"ts":{}}}"#, i % 5, i % 1000, 1_767_225_600_000 + i * 3 - (i % 11) * 40))
         .collect();
