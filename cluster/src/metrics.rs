@@ -16,7 +16,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tenantflow_engine::host::{self, JobState};
 use tenantflow_engine::TenantStats;
 
@@ -63,6 +63,12 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus:
     Ok(c)
 }
 
+fn seconds_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<CounterVec> {
+    let c = CounterVec::new(Opts::new(name, help), labels)?;
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
     let g = GaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(g.clone()))?;
@@ -98,6 +104,28 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
         gauge(&r, "kafka_fetch_queue_bytes", "Bytes fetched from Kafka and not yet read by the source", &["group", "topic", "partition"])?;
     let kafka_paused =
         gauge(&r, "kafka_partition_paused", "1 while backpressure has paused the partition", &["group", "topic", "partition"])?;
+    let bytes_in = counter(&r, "bytes_in_total", "Bytes of input read (JSON payloads and lines)", &["job_id"])?;
+    let busy = seconds_counter(
+        &r,
+        "operator_busy_seconds_total",
+        "Time spent in each operator, summed over the workers",
+        &["job_id", "operator"],
+    )?;
+    let held = seconds_counter(
+        &r,
+        "backpressure_seconds_total",
+        "Time sources were held back by backpressure, summed over the workers",
+        &["job_id"],
+    )?;
+    let ck_age = gauge(&r, "checkpoint_age_seconds", "Seconds since the last checkpoint was committed", &["job_id"])?;
+    let mut summaries: [(&str, &str, Vec<JobHistogram>); 2] = [
+        ("tenantflow_window_emit_delay_seconds", "Processing time of a window result's emission minus the window's end", Vec::new()),
+        (
+            "tenantflow_sink_write_duration_seconds",
+            "Duration of one write to the sinks (the rows of one timestamp and a flush)",
+            Vec::new(),
+        ),
+    ];
     let memory = gauge(&r, "process_resident_memory_bytes", "Resident memory of this process", &["process"])?;
     let workers = gauge(&r, "workers", "Timely worker threads in this process", &["process"])?;
     let uptime = gauge(&r, "process_uptime_seconds", "Seconds since this process started", &["process"])?;
@@ -119,6 +147,16 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             dead.with_label_values(&[&id, &tenant]).inc_by(t.dead_lettered);
         }
         dropped.with_label_values(&[&id]).inc_by(s.late_dropped.load(Relaxed));
+        bytes_in.with_label_values(&[&id]).inc_by(s.bytes_in.load(Relaxed));
+        for (i, op) in tenantflow_engine::stats::OPERATORS.iter().enumerate() {
+            busy.with_label_values(&[id.as_str(), op]).inc_by(s.busy_ns[i].load(Relaxed) as f64 / 1e9);
+        }
+        held.with_label_values(&[&id]).inc_by(s.backpressure_us.load(Relaxed) as f64 / 1e6);
+        for (k, h) in [&s.emit_delay, &s.sink_write].into_iter().enumerate() {
+            if let Ok(h) = h.lock() {
+                summaries[k].2.push((id.clone(), h.clone()));
+            }
+        }
         windows.with_label_values(&[&id]).inc_by(s.windows_fired.load(Relaxed));
         checkpoints.with_label_values(&[&id]).inc_by(s.checkpoints.load(Relaxed));
         if let Some(wm) = s.watermark().filter(|_| state == JobState::Running) {
@@ -128,6 +166,10 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             ck_duration.with_label_values(&[&id]).set(s.checkpoint_duration_us.load(Relaxed) as f64 / 1e6);
             ck_size.with_label_values(&[&id]).set(s.checkpoint_bytes.load(Relaxed) as f64);
             ck_epoch.with_label_values(&[&id]).set(s.committed_epoch.load(Relaxed) as f64);
+            let committed = s.checkpoint_committed_unix_ms.load(Relaxed);
+            if committed > 0 {
+                ck_age.with_label_values(&[&id]).set((now_us / 1000 - committed as i64).max(0) as f64 / 1e3);
+            }
         }
     }
     for p in tenantflow_connectors::kafka::partition_positions() {
@@ -142,9 +184,50 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     workers.with_label_values(&[&process]).set(e.workers as f64);
     uptime.with_label_values(&[&process]).set(e.started.elapsed().as_secs_f64());
 
+    let mut families = r.gather();
+    for (name, help, series) in summaries {
+        families.push(summary(name, help, &series));
+    }
     let mut out = Vec::new();
-    TextEncoder::new().encode(&r.gather(), &mut out)?;
+    TextEncoder::new().encode(&families, &mut out)?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// A job's id and one of its latency histograms (µs).
+type JobHistogram = (String, hdrhistogram::Histogram<u64>);
+
+/// An hdrhistogram per job (µs) as a Prometheus summary in seconds: quantiles 0.5, 0.9, 0.99
+/// and 0.999, count and sum.
+fn summary(name: &str, help: &str, series: &[JobHistogram]) -> prometheus::proto::MetricFamily {
+    use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
+    let mut family = MetricFamily::default();
+    family.set_name(name.into());
+    family.set_help(help.into());
+    family.set_field_type(MetricType::SUMMARY);
+    for (job, h) in series {
+        let mut s = Summary::default();
+        s.set_sample_count(h.len());
+        s.set_sample_sum(h.mean() * h.len() as f64 / 1e6);
+        s.set_quantile(
+            [0.5, 0.9, 0.99, 0.999]
+                .iter()
+                .map(|&q| {
+                    let mut quantile = Quantile::default();
+                    quantile.set_quantile(q);
+                    quantile.set_value(h.value_at_quantile(q) as f64 / 1e6);
+                    quantile
+                })
+                .collect(),
+        );
+        let mut label = LabelPair::default();
+        label.set_name("job_id".into());
+        label.set_value(job.clone());
+        let mut metric = Metric::default();
+        metric.set_label(vec![label]);
+        metric.set_summary(s);
+        family.mut_metric().push(metric);
+    }
+    family
 }
 
 /// The `top` busiest tenants by events in, and the rest summed as `other`.

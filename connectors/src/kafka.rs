@@ -160,6 +160,7 @@ fn take(decoder: &mut JsonDecoder, time_pos: Option<usize>, part: &mut Partition
     let offset = m.offset();
     let origin = *part.origin.get_or_insert_with(|| batch.origin(&part.name));
     let payload = m.payload().unwrap_or_default();
+    batch.bytes += payload.len() as u64;
     let row = batch.push_row(origin, offset as u64);
     match decoder.decode(payload, row) {
         Ok(()) => {

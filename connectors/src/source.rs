@@ -21,11 +21,13 @@ pub struct Batch {
     pub positions: Vec<(u32, u64)>,
     /// Source names (file paths, `stdin`, `generator`).
     pub origins: Vec<String>,
+    /// Bytes of input read into this batch (0 for generated events).
+    pub bytes: u64,
 }
 
 impl Batch {
     pub fn new(width: usize) -> Batch {
-        Batch { width, values: Vec::new(), dead: Vec::new(), positions: Vec::new(), origins: Vec::new() }
+        Batch { width, values: Vec::new(), dead: Vec::new(), positions: Vec::new(), origins: Vec::new(), bytes: 0 }
     }
 
     pub fn rows(&self) -> usize {
@@ -354,6 +356,7 @@ impl Source for FileSource {
             }
             n += 1;
             let origin = batch.origin(&open.name);
+            batch.bytes += line.len() as u64;
             let row = batch.push_row(origin, line_no);
             if let Err(reason) = self.decoder.decode(line, row) {
                 batch.pop_row();
@@ -416,6 +419,7 @@ impl Source for StdinSource {
                         continue;
                     }
                     let origin = batch.origin("stdin");
+                    batch.bytes += line.len() as u64;
                     let row = batch.push_row(origin, self.line);
                     if let Err(reason) = self.decoder.decode(line, row) {
                         batch.pop_row();

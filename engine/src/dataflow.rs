@@ -34,7 +34,7 @@ use tenantflow_operators::{Aggregates, WindowStore};
 
 use crate::checkpoint::{self, Crypto, PartWriter, Restore};
 use crate::ingest::{Ingest, Status};
-use crate::stats::{Shared, TenantCounts};
+use crate::stats::{self, Shared, TenantCounts};
 use crate::{Envelope, Msg};
 
 type Out = CapacityContainerBuilder<Vec<Envelope>>;
@@ -141,7 +141,9 @@ fn ingest<'s>(
         let mut uncommitted =
             Uncommitted { ingest, ckpt: ckpt.clone(), shared: Arc::clone(&shared), states: VecDeque::new(), checked: Instant::now() };
         let mut msgs: Vec<Envelope> = Vec::new();
+        let mut held_since: Option<Instant> = None;
         move |output| {
+            let _busy = Busy::new(&shared.busy_ns[stats::INGEST]);
             let Some(c) = cap.as_mut() else { return };
             uncommitted.check(false);
             let ingest = &mut uncommitted.ingest;
@@ -184,10 +186,14 @@ fn ingest<'s>(
             let t = *c.time();
             if probe.with_frontier(|f| f.first().is_some_and(|&done| t > done.saturating_add(max_lead))) {
                 ingest.pause(true);
+                held_since.get_or_insert_with(Instant::now);
                 activator.activate_after(Duration::from_millis(1));
                 return;
             }
             ingest.pause(false);
+            if let Some(since) = held_since.take() {
+                shared.backpressure_us.fetch_add(since.elapsed().as_micros() as u64, Relaxed);
+            }
             let mut batch = Vec::new();
             let status = if shared.end_sources.load(Relaxed) { Status::Done } else { ingest.step(&mut batch) };
             msgs.extend(batch.into_iter().map(|m| (me, m)));
@@ -246,6 +252,21 @@ impl Uncommitted {
 impl Drop for Uncommitted {
     fn drop(&mut self) {
         self.check(true);
+    }
+}
+
+/// Adds the time until it is dropped to an operator's busy counter.
+struct Busy<'a>(&'a std::sync::atomic::AtomicU64, Instant);
+
+impl<'a> Busy<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicU64) -> Busy<'a> {
+        Busy(counter, Instant::now())
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(self.1.elapsed().as_nanos() as u64, Relaxed);
     }
 }
 
@@ -390,7 +411,9 @@ fn window<'s>(
         let mut aligner = Aligner::new(peers);
         let mut queue = VecDeque::new();
         let mut last_part_len = 0;
+        let mut emit_delay = stats::latency_histogram();
         move |(input, frontier), output| {
+            let _busy = Busy::new(&shared.busy_ns[stats::WINDOW]);
             // Arrival order matters for alignment: `for_each`, not `for_each_stamp`.
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else { return };
@@ -435,7 +458,9 @@ fn window<'s>(
                 return;
             }
             let mut fired = 0;
+            let now = time::now_micros();
             store.fire(upto, |at, f| {
+                let _ = emit_delay.record(now.saturating_sub(f.end).max(1) as u64);
                 // `insert` (or a restore) made a capability for every time `fire` can emit at.
                 let Some(cap) = caps.get(&at) else {
                     debug_assert!(false, "no capability for window output at {at}");
@@ -454,6 +479,7 @@ fn window<'s>(
                 }
             });
             shared.windows_fired.fetch_add(fired, Relaxed);
+            stats::merge_histogram(&shared.emit_delay, &mut emit_delay);
             // Capabilities at or before `upto` have done their work.
             caps.retain(|&at, _| at > upto);
         }
@@ -537,7 +563,9 @@ fn sink<'s>(
         }
         let mut aligner = Aligner::new(peers);
         let mut queue = VecDeque::new();
+        let mut write_latency = stats::latency_histogram();
         move |(input, frontier), _output| {
+            let _busy = Busy::new(&shared.busy_ns[stats::SINK]);
             input.for_each(|cap, data| {
                 let Some(cap) = cap.retain_least(0) else { return };
                 queue.extend(data.drain(..).map(|m| (cap.clone(), m)));
@@ -558,11 +586,14 @@ fn sink<'s>(
             let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t) && *t < stashed).collect();
             let Some(st) = state.as_mut() else { return };
             if !ready.is_empty() {
+                let started = Instant::now();
                 for t in ready {
                     let Some(msgs) = pending.remove(&t) else { continue };
                     st.write_time(msgs, tenant_out, &shared);
                 }
                 st.flush(&shared);
+                let _ = write_latency.record(started.elapsed().as_micros().max(1) as u64);
+                stats::merge_histogram(&shared.sink_write, &mut write_latency);
             }
             // Checkpoints whose parts are still being written are committed later.
             if let Some(ck) = ckpt.as_ref() {
@@ -736,6 +767,7 @@ impl SinkState {
             self.shared.committed_epoch.fetch_max(epoch, Relaxed);
             self.shared.checkpoint_bytes.store(bytes, Relaxed);
             self.shared.checkpoint_duration_us.store(age.as_micros() as u64, Relaxed);
+            self.shared.checkpoint_committed_unix_ms.store((time::now_micros() / 1000) as u64, Relaxed);
             tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");
         }
         false

@@ -220,6 +220,9 @@ impl Ingest {
     /// records consumed (rows and dead letters).
     fn read_chunk(&mut self, max: usize, now: i64, out: &mut Vec<Msg>) -> (Poll, usize) {
         let status = self.source.poll(&mut self.batch, max);
+        if self.batch.bytes > 0 {
+            self.shared.bytes_in.fetch_add(std::mem::take(&mut self.batch.bytes), Relaxed);
+        }
         let undecodable = self.batch.dead.len();
         for d in self.batch.dead.drain(..) {
             self.shared.dead_letters.fetch_add(1, Relaxed);

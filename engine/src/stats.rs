@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use foldhash::HashMap;
+use hdrhistogram::Histogram;
 use tenantflow_core::Value;
 
 /// Per-tenant counts of one job.
@@ -72,6 +73,17 @@ pub struct Shared {
     /// Size (bytes) and duration (µs, first part written to commit) of the latest checkpoint.
     pub checkpoint_bytes: AtomicU64,
     pub checkpoint_duration_us: AtomicU64,
+    /// When the newest checkpoint was committed (ms since the epoch; 0: none).
+    pub checkpoint_committed_unix_ms: AtomicU64,
+    /// Bytes of input read (JSON payloads and lines; generated events count none).
+    pub bytes_in: AtomicU64,
+    /// Time spent in each operator's logic (ns), and held back by backpressure (µs).
+    pub busy_ns: [AtomicU64; 3],
+    pub backpressure_us: AtomicU64,
+    /// Processing time at which a window's result was emitted minus the window's end (µs), and
+    /// how long each write to the sinks took (µs, rows of one timestamp plus the flush).
+    pub emit_delay: Mutex<Histogram<u64>>,
+    pub sink_write: Mutex<Histogram<u64>>,
     /// Each local worker's source watermark (µs); `i64::MAX` marks an idle source, `i64::MIN` none yet.
     pub watermarks: Vec<AtomicI64>,
     tenants: Mutex<BTreeMap<String, TenantStats>>,
@@ -86,6 +98,28 @@ struct SavepointVotes {
     local: u64,
     /// What each sender said: its proposal, or 0 for an ended source that never will.
     votes: BTreeMap<u32, u64>,
+}
+
+/// The operators whose busy time is counted, in `Shared::busy_ns` order.
+pub const OPERATORS: [&str; 3] = ["ingest", "window", "sink"];
+pub const INGEST: usize = 0;
+pub const WINDOW: usize = 1;
+pub const SINK: usize = 2;
+
+/// µs from 1 to an hour, 2 significant digits (a few kB).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| Histogram::new(2).expect("2 significant digits are valid"))
+}
+
+/// Adds `local` into `shared` and empties it (operators record locally, merge now and then).
+pub fn merge_histogram(shared: &Mutex<Histogram<u64>>, local: &mut Histogram<u64>) {
+    if local.is_empty() {
+        return;
+    }
+    if let Ok(mut h) = shared.lock() {
+        let _ = h.add(&*local);
+    }
+    local.reset();
 }
 
 pub const IDLE: i64 = i64::MAX;
@@ -109,6 +143,12 @@ impl Shared {
             end_sources: AtomicBool::new(false),
             checkpoint_bytes: AtomicU64::new(0),
             checkpoint_duration_us: AtomicU64::new(0),
+            checkpoint_committed_unix_ms: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            busy_ns: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
+            backpressure_us: AtomicU64::new(0),
+            emit_delay: Mutex::new(latency_histogram()),
+            sink_write: Mutex::new(latency_histogram()),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
             tenants: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),

@@ -62,7 +62,7 @@ impl Cluster {
     /// hosts of their own (via a hostfile).
     fn start_with(dir: &Path, offset: u16, processes: usize, loopbacks: bool) -> Cluster {
         // Ports below Linux's ephemeral range, apart per test process and per test.
-        let base = 13_000 + (std::process::id() % 1_000) as u16 * 16 + offset * 8;
+        let base = 13_000 + (std::process::id() % 250) as u16 * 32 + offset * 8;
         let api = format!("127.0.0.1:{}", base + 3);
         let data = dir.join("data");
         let mut cmd = Command::new(tenantflow_bin());
@@ -327,7 +327,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
 
     // Prometheus scrapes the processes listed by the supervisor, every second.
-    let port = 13_000 + (std::process::id() % 1_000) as u16 * 16 + 3 * 8 + 7;
+    let port = 13_000 + (std::process::id() % 250) as u16 * 32 + 3 * 8 + 7;
     let config = d.join("prometheus.yml");
     std::fs::write(
         &config,

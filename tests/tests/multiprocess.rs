@@ -90,7 +90,7 @@ fn wait_all(children: Vec<std::process::Child>, limit: Duration) -> Vec<String> 
 /// Ports derived from the pid keep parallel test runs apart; they stay below Linux's
 /// ephemeral range (32768 and up), where client sockets and mock brokers take theirs.
 fn hostfile(dir: &Path, offset: u16) -> std::path::PathBuf {
-    let base = 12_000 + (std::process::id() % 5_000) as u16 * 4 + offset;
+    let base = 12_000 + (std::process::id() % 250) as u16 * 4 + offset;
     let path = dir.join("hosts");
     std::fs::write(&path, format!("127.0.0.1:{}\n127.0.0.1:{}\n", base, base + 1)).expect("hostfile");
     path
