@@ -532,6 +532,9 @@ struct SinkSnapshot {
     late: Option<u64>,
 }
 
+/// How long the sink writes before it lets the worker's other operators run.
+const SINK_SLICE: Duration = Duration::from_millis(20);
+
 fn sink<'s>(
     input: Stream<'s, u64, Vec<Envelope>>,
     plan: Arc<Plan>,
@@ -540,8 +543,11 @@ fn sink<'s>(
 ) -> Stream<'s, u64, Vec<()>> {
     let (me, peers) = (input.scope().index(), input.scope().peers());
     let scope = input.scope();
-    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Envelope| 0), "Sink", move |_cap, info| {
+    input.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Exchange::new(|_: &Envelope| 0), "Sink", move |initial, info| {
         let activator = scope.activator_for(info.address);
+        // A capability per timestamp with rows not yet written: the sink's output frontier, which
+        // the probe reports as "done" (backpressure, the end of the job), is what is written.
+        let mut held: BTreeMap<u64, Capability<u64>> = BTreeMap::new();
         let tenant_out = plan.output.lookup(&plan.spec.schema.tenant.value).map(|(p, _)| p);
         let tenant_out = tenant_out.and_then(|p| plan.output.positions().iter().position(|&q| q == p));
         let mut pending: BTreeMap<u64, Vec<Msg>> = BTreeMap::new();
@@ -555,6 +561,7 @@ fn sink<'s>(
             let mut st = SinkState::new(&plan, &shared, restored.as_ref());
             if let Some(snap) = restored {
                 pending.extend(snap.pending);
+                held.extend(pending.keys().map(|&t| (t, initial.delayed(&t))));
                 if let Err(e) = st.dead.resume(snap.dead_letters) {
                     shared.error(format!("restore dead letters: {e}"));
                 }
@@ -578,7 +585,10 @@ fn sink<'s>(
                         }
                     }
                 }
-                None => pending.entry(*cap.time()).or_default().push(msg),
+                None => {
+                    held.entry(*cap.time()).or_insert_with(|| cap.clone());
+                    pending.entry(*cap.time()).or_default().push(msg);
+                }
             });
             // As for windows: a timestamp is complete only when nothing of it waits behind a barrier.
             aligner.votes.clear();
@@ -588,8 +598,15 @@ fn sink<'s>(
             if !ready.is_empty() {
                 let started = Instant::now();
                 for t in ready {
+                    // A slow sink yields now and then, so the worker's other operators (and their
+                    // checkpoint barriers) keep running; the rest is written at the next activation.
+                    if started.elapsed() >= SINK_SLICE {
+                        activator.activate();
+                        break;
+                    }
                     let Some(msgs) = pending.remove(&t) else { continue };
                     st.write_time(msgs, tenant_out, &shared);
+                    held.remove(&t);
                 }
                 st.flush(&shared);
                 let _ = write_latency.record(started.elapsed().as_micros().max(1) as u64);

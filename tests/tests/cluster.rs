@@ -390,3 +390,76 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     assert!(checked >= 20, "only {checked} expressions found");
     assert!(empty.is_empty(), "queries without data:\n{}", empty.join("\n"));
 }
+
+/// The supervision test with Kafka: a Kafka -> window -> file job with checkpoints runs on the
+/// cluster (slowed by a second, slow sink); process 1 is SIGKILLed; after the restart the job
+/// continues from its checkpoint (Kafka offsets included) and its output equals a crash-free
+/// run's.
+#[test]
+fn a_kafka_job_survives_a_killed_process_with_exact_results() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_kafka, _) = tenantflow_tests::dev_kafka(d, &["events"]);
+    let bootstrap = d.join("bootstrap");
+    let schema = "[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nuser_id = \"string\"\nevent_type = \"string\"\nts = \"timestamp\"\n";
+    // 60k events (a minute of event time) into the topic, once.
+    let producer = format!(
+        "[source]\ntype = \"generator\"\nprofile = \"music\"\nevents = 60000\ntenants = 3\n\n{schema}\n[[sinks]]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\n",
+        bootstrap.display()
+    );
+    std::fs::write(d.join("produce.toml"), producer).expect("write job");
+    let out = Command::new(tenantflow_bin()).args(["run", "--quiet"]).arg(d.join("produce.toml")).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The producer's sink writes each batch sorted by row, not by time, so the topic is out of
+    // order by up to a batch; a bound above the data's whole minute keeps every event on time
+    // (whether an event is late depends on read timing, which a restart changes).
+    let consumer = |name: &str, out: &Path, extra: &str| {
+        format!(
+            "name = \"{name}\"\n[source]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\ngroup_id = \"{name}\"\nbounded = true\n\n{schema}\n[time]\nfield = \"ts\"\nmax_out_of_orderness = \"2m\"\n\n[[steps]]\nwindow = {{ type = \"tumbling\", size = \"1s\" }}\nkey_by = [\"event_type\"]\naggregates = {{ n = \"count(*)\", users = \"count_distinct(user_id)\" }}\n\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n{extra}",
+            bootstrap.display(),
+            out.display()
+        )
+    };
+    let reference_text = consumer("reference", &d.join("reference.jsonl"), "");
+    std::fs::write(d.join("reference.toml"), reference_text).expect("write job");
+    let out =
+        Command::new(tenantflow_bin()).args(["run", "--quiet", "--workers", "2"]).arg(d.join("reference.toml")).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = sorted(&d.join("reference.jsonl"));
+    assert!(expected.len() > 100, "too little output to compare: {}", expected.len());
+
+    let cluster = Cluster::start(d, 1);
+    // A slow second sink stretches the run over several seconds (backpressure holds the source).
+    let extra = format!(
+        "\n[[sinks]]\ntype = \"discard\"\ndelay_per_row = \"5ms\"\n\n[checkpoint]\ndir = \"{}\"\ninterval = \"200ms\"\n",
+        d.join("ck").display()
+    );
+    std::fs::write(d.join("consume.toml"), consumer("consume", &d.join("consume.jsonl"), &extra)).expect("write job");
+    let id = cluster.cli(&["job", "submit", &d.join("consume.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_for(Duration::from_secs(30), "a checkpoint", || {
+        cluster.cli(&["job", "describe", &id])["last_checkpoint"]["epoch"].as_u64().is_some_and(|e| e >= 2)
+    });
+    assert_eq!(cluster.state(&id), "running", "the job ended before the kill: make it slower");
+    // SAFETY: killing a process of our own cluster.
+    unsafe { libc::kill(cluster.process_pid(1), libc::SIGKILL) };
+    cluster.wait_for(Duration::from_secs(30), "the restart", || {
+        cluster.http("GET", "/api/v1/cluster").is_some_and(|(_, v)| v["restarts"] == 1 && v["ready"] == true)
+    });
+    cluster.wait_state(&id, "finished", Duration::from_secs(120));
+    assert_same(&sorted(&d.join("consume.jsonl")), &expected);
+}
+
+/// Equal line sets, or a short account of the difference.
+fn assert_same(got: &[String], expected: &[String]) {
+    if got == expected {
+        return;
+    }
+    let missing: Vec<_> = expected.iter().filter(|l| !got.contains(l)).take(5).collect();
+    let extra: Vec<_> = got.iter().filter(|l| !expected.contains(l)).take(5).collect();
+    panic!(
+        "results after the restart differ from a crash-free run: {} lines, expected {}\nmissing (first 5): {missing:#?}\nextra (first 5): {extra:#?}",
+        got.len(),
+        expected.len()
+    );
+}
