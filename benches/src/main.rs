@@ -12,6 +12,9 @@
 //! of a filter-and-project job at 50k events/s (`kafka_latency`). One configuration alone:
 //!
 //!     cargo run --release -p tenantflow-benches -- --config kafka --workers 1
+//!
+//! Cluster (issue #4): submit-to-running latency on a 2-process cluster (`cluster_submit`; it
+//! starts target/release/tenantflow, so `cargo build --release --bins` first).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -40,6 +43,7 @@ const CONFIGS: &[(&str, usize)] = &[
     ("kafka", 2),
     ("kafka_latency", 1),
     ("kafka_latency", 2),
+    ("cluster_submit", 1),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -277,6 +281,7 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         }
         "kafka" => return kafka_bench((events / 50).min(1_000_000), workers),
         "kafka_latency" => return latency_bench(50_000, 10, workers),
+        "cluster_submit" => return submit_bench(30, workers),
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -322,6 +327,79 @@ fn checkpoint_overhead(name: &str, text: &str, events: u64, workers: usize, roun
         "checkpoint_every_1s": checkpointed,
         "rounds_events_per_sec": rounds,
     }))
+}
+
+/// Submit-to-running latency (issue #4): a 2-process cluster (`tenantflow cluster start`, the
+/// release binary beside this one) gets `jobs` jobs one after the other through its HTTP API;
+/// each is timed from the POST until `GET /api/v1/jobs/{id}` says `running` (polled every
+/// 0.5 ms), then cancelled. Also reported: the time until the POST's answer alone.
+fn submit_bench(jobs: usize, workers: usize) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("tenantflow");
+    if !bin.exists() {
+        bail!("{} is missing: build it with `cargo build --release --bins`", bin.display());
+    }
+    let dir = std::env::temp_dir().join(format!("tenantflow-submit-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let base = 21_000 + (std::process::id() % 1_000) as u16 * 8;
+    let api = format!("127.0.0.1:{}", base + 3);
+    let mut supervisor = Command::new(&bin)
+        .args(["cluster", "start", "--processes", "2", "--workers", &workers.to_string(), "--api", &api])
+        .args(["--port-base", &base.to_string(), "--metrics-port-base", &(base + 4).to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("TENANTFLOW_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = (|| -> anyhow::Result<serde_json::Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = |path: &str| format!("http://{api}{path}");
+        let start = Instant::now();
+        while agent.get(url("/readyz")).call().map_or(true, |r| r.status() != 200) {
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("the cluster did not become ready");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // An unbounded job (a slow generator) to a discarding sink: what matters is the start.
+        let text = "name = \"submit\"\n[source]\ntype = \"generator\"\nprofile = \"music\"\nrate = 1000\n\n[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nevent_type = \"string\"\nts = \"timestamp\"\n\n[time]\nfield = \"ts\"\n\n[[steps]]\nwindow = { type = \"tumbling\", size = \"10s\" }\naggregates = { n = \"count(*)\" }\n\n[[sinks]]\ntype = \"discard\"\n";
+        let mut running = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut accepted = running.clone();
+        for _ in 0..jobs {
+            let t0 = Instant::now();
+            let job: serde_json::Value = agent.post(url("/api/v1/jobs")).send(text)?.body_mut().read_json()?;
+            accepted.record(t0.elapsed().as_micros().max(1) as u64)?;
+            let id = job["id"].as_str().context("no job id")?.to_string();
+            loop {
+                let state: serde_json::Value = agent.get(url(&format!("/api/v1/jobs/{id}"))).call()?.body_mut().read_json()?;
+                if state["state"] == "running" {
+                    break;
+                }
+                if t0.elapsed() > std::time::Duration::from_secs(30) {
+                    bail!("job {id} did not start: {state}");
+                }
+                std::thread::sleep(std::time::Duration::from_micros(500));
+            }
+            running.record(t0.elapsed().as_micros().max(1) as u64)?;
+            agent.delete(url(&format!("/api/v1/jobs/{id}"))).call()?;
+        }
+        let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| (h.value_at_quantile(q) as f64 / 10.0).round() / 100.0;
+        Ok(serde_json::json!({
+            "name": "cluster_submit",
+            "processes": 2,
+            "workers": workers,
+            "jobs": jobs,
+            "submit_to_running_p50_ms": ms(&running, 0.5),
+            "submit_to_running_p99_ms": ms(&running, 0.99),
+            "submit_to_running_max_ms": (running.max() as f64 / 10.0).round() / 100.0,
+            "post_answered_p50_ms": ms(&accepted, 0.5),
+        }))
+    })();
+    // SAFETY: signalling our own child; it stops the cluster's processes.
+    unsafe { libc::kill(supervisor.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = supervisor.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// Produces `events` JSON events round-robin into `partitions` partitions of topic `events`;
