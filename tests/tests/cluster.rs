@@ -66,18 +66,16 @@ impl Cluster {
         let api = format!("127.0.0.1:{}", base + 3);
         let data = dir.join("data");
         let mut cmd = Command::new(tenantflow_bin());
-        cmd.args(["cluster", "start", "--processes", &processes.to_string(), "--workers", "1", "--api", &api]).args([
-            "--port-base",
-            &base.to_string(),
-            "--metrics-port-base",
-            &(base + 4).to_string(),
-        ]);
+        // Every process logs JSON lines to one file (they inherit the supervisor's stderr).
+        let log = std::fs::File::create(dir.join("cluster.log")).expect("log file");
+        cmd.args(["--log-format", "json", "cluster", "start", "--processes", &processes.to_string(), "--workers", "1", "--api", &api])
+            .args(["--port-base", &base.to_string(), "--metrics-port-base", &(base + 4).to_string()]);
         if loopbacks {
             let hosts: String = (0..processes).map(|i| format!("127.0.0.{}:{}\n", i + 1, base as usize + i)).collect();
             std::fs::write(dir.join("hosts"), hosts).expect("hostfile");
             cmd.arg("--hostfile").arg(dir.join("hosts"));
         }
-        let supervisor = cmd.arg("--data-dir").arg(&data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start the cluster");
+        let supervisor = cmd.arg("--data-dir").arg(&data).stdout(Stdio::null()).stderr(log).spawn().expect("start the cluster");
         let cluster = Cluster { supervisor, api, data };
         cluster.wait_for(Duration::from_secs(30), "the cluster to be ready", || {
             cluster.http("GET", "/readyz").is_some_and(|(status, _)| status == 200)
@@ -273,6 +271,27 @@ fn cancel_and_api_errors() {
     let listed = cluster.cli(&["job", "list"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
     assert!(before >= 1);
+
+    // One JSON log line per lifecycle event.
+    let log = std::fs::read_to_string(d.join("cluster.log")).expect("log");
+    let events: Vec<(String, String)> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .map(|v| (v["fields"]["message"].as_str().unwrap_or("").to_string(), v["fields"]["job"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let has = |message: &str, job: &str| events.iter().any(|(m, j)| m == message && j == job);
+    for (message, job) in [
+        ("job submitted", a.as_str()),
+        ("job running", a.as_str()),
+        ("job cancelled", a.as_str()),
+        ("checkpointed", "b"),
+        ("job ended", b.as_str()),
+        ("restored", "b"),
+        ("job running", b2.as_str()),
+    ] {
+        assert!(has(message, job), "no `{message}` line for job {job} in the log:\n{log}");
+    }
 }
 
 /// Three processes with distinct addresses (127.0.0.1, .2, .3, each with its Timely port and
