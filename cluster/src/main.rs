@@ -323,6 +323,8 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
                     workers,
                     top_tenants: metrics_top_tenants,
                     started: std::time::Instant::now(),
+                    restarts,
+                    last_backoff_ms,
                 };
                 metrics::serve(exporter, addr)?;
             }

@@ -26,6 +26,9 @@ pub struct Exporter {
     pub workers: usize,
     pub top_tenants: usize,
     pub started: Instant,
+    /// From the supervisor: restarts so far and the last backoff.
+    pub restarts: u64,
+    pub last_backoff_ms: u64,
 }
 
 /// Serves `/metrics` and `/status` on `addr` from a thread of its own.
@@ -117,6 +120,10 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
         "Time sources were held back by backpressure, summed over the workers",
         &["job_id"],
     )?;
+    let retries =
+        counter(&r, "sink_retries_total", "Requests the sinks' clients retried (Kafka: librdkafka's produce retries)", &["job_id"])?;
+    let restarts = gauge(&r, "cluster_restarts", "Times the supervisor restarted the cluster's processes", &["process"])?;
+    let backoff = gauge(&r, "cluster_restart_backoff_seconds", "The wait before the last restart", &["process"])?;
     let ck_age = gauge(&r, "checkpoint_age_seconds", "Seconds since the last checkpoint was committed", &["job_id"])?;
     let mut summaries: [(&str, &str, Vec<JobHistogram>); 2] = [
         ("tenantflow_window_emit_delay_seconds", "Processing time of a window result's emission minus the window's end", Vec::new()),
@@ -152,6 +159,7 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             busy.with_label_values(&[id.as_str(), op]).inc_by(s.busy_ns[i].load(Relaxed) as f64 / 1e9);
         }
         held.with_label_values(&[&id]).inc_by(s.backpressure_us.load(Relaxed) as f64 / 1e6);
+        retries.with_label_values(&[&id]).inc_by(s.sink_retries.load(Relaxed));
         for (k, h) in [&s.emit_delay, &s.sink_write].into_iter().enumerate() {
             if let Ok(h) = h.lock() {
                 summaries[k].2.push((id.clone(), h.clone()));
@@ -183,6 +191,8 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     memory.with_label_values(&[&process]).set(resident_bytes() as f64);
     workers.with_label_values(&[&process]).set(e.workers as f64);
     uptime.with_label_values(&[&process]).set(e.started.elapsed().as_secs_f64());
+    restarts.with_label_values(&[&process]).set(e.restarts as f64);
+    backoff.with_label_values(&[&process]).set(e.last_backoff_ms as f64 / 1e3);
 
     let mut families = r.gather();
     for (name, help, series) in summaries {

@@ -457,11 +457,17 @@ impl Drop for KafkaSource {
     }
 }
 
-/// Collects delivery failures (after librdkafka's own retries) so the sink can report them.
+/// Collects delivery failures (after librdkafka's own retries) so the sink can report them, and
+/// the requests librdkafka retried (from its statistics, for metrics).
 #[derive(Clone, Default)]
-struct DeliveryErrors(Arc<Mutex<Vec<String>>>);
+struct DeliveryErrors(Arc<Mutex<Vec<String>>>, Arc<std::sync::atomic::AtomicU64>);
 
-impl ClientContext for DeliveryErrors {}
+impl ClientContext for DeliveryErrors {
+    fn stats(&self, stats: Statistics) {
+        let retries: u64 = stats.brokers.values().map(|b| b.txretries).sum();
+        self.1.store(retries, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ProducerContext for DeliveryErrors {
     type DeliveryOpaque = ();
@@ -489,7 +495,12 @@ impl Output {
     fn open(spec: &KafkaSinkSpec) -> Result<Output, ConnectorError> {
         let bootstrap = spec.bootstrap.resolve().map_err(|e| ConnectorError::Kafka(format!("bootstrap file: {e}")))?;
         let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").set("linger.ms", "5");
+        // Statistics once a second give the retry count (metrics).
+        config
+            .set("bootstrap.servers", &bootstrap)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &spec.properties {
             config.set(k, v);
         }
@@ -529,6 +540,11 @@ impl Output {
         self.failures()
     }
 
+    /// Produce requests librdkafka retried so far.
+    fn retries(&self) -> u64 {
+        self.errors.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn failures(&self) -> std::io::Result<()> {
         let failed = self.errors.0.lock().map(|mut e| std::mem::take(&mut *e)).unwrap_or_default();
         match failed.first() {
@@ -566,6 +582,10 @@ impl KafkaSink {
 }
 
 impl Sink for KafkaSink {
+    fn retries(&self) -> u64 {
+        self.out.retries()
+    }
+
     fn write(&mut self, row: &[Value]) -> std::io::Result<()> {
         self.json.write(row)?;
         let mut payload = std::mem::take(self.json.get_mut());

@@ -25,6 +25,11 @@ pub trait Sink {
         self.flush()?;
         Ok(None)
     }
+
+    /// Requests to the sink's service retried so far (cumulative), for metrics.
+    fn retries(&self) -> u64 {
+        0
+    }
 }
 
 /// Writes one JSON object per row. Field names are escaped once, up front.

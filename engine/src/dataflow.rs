@@ -796,6 +796,7 @@ impl SinkState {
                 shared.error(format!("sink flush failed: {e}"));
             }
         }
+        shared.sink_retries.store(self.sinks.iter().map(|s| s.retries()).sum(), Relaxed);
         let _ = self.dead.flush();
         if let Some(l) = self.late.as_mut() {
             let _ = l.flush();

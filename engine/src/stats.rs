@@ -80,6 +80,8 @@ pub struct Shared {
     /// Time spent in each operator's logic (ns), and held back by backpressure (µs).
     pub busy_ns: [AtomicU64; 3],
     pub backpressure_us: AtomicU64,
+    /// Requests the sinks' clients retried (cumulative, from the sinks).
+    pub sink_retries: AtomicU64,
     /// Processing time at which a window's result was emitted minus the window's end (µs), and
     /// how long each write to the sinks took (µs, rows of one timestamp plus the flush).
     pub emit_delay: Mutex<Histogram<u64>>,
@@ -147,6 +149,7 @@ impl Shared {
             bytes_in: AtomicU64::new(0),
             busy_ns: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             backpressure_us: AtomicU64::new(0),
+            sink_retries: AtomicU64::new(0),
             emit_delay: Mutex::new(latency_histogram()),
             sink_write: Mutex::new(latency_histogram()),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),

@@ -55,14 +55,14 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, offset: u16) -> Cluster {
-        Cluster::start_with(dir, offset, 2, false)
+        Cluster::start_with(dir, offset, 2, false, &[])
     }
 
     /// `processes` processes; with `loopbacks`, process i listens on 127.0.0.(i+1), as if on
     /// hosts of their own (via a hostfile).
-    fn start_with(dir: &Path, offset: u16, processes: usize, loopbacks: bool) -> Cluster {
+    fn start_with(dir: &Path, offset: u16, processes: usize, loopbacks: bool, extra: &[&str]) -> Cluster {
         // Ports below Linux's ephemeral range, apart per test process and per test.
-        let base = 13_000 + (std::process::id() % 250) as u16 * 32 + offset * 8;
+        let base = 13_000 + (std::process::id() % 160) as u16 * 48 + offset * 8;
         let api = format!("127.0.0.1:{}", base + 3);
         let data = dir.join("data");
         let mut cmd = Command::new(tenantflow_bin());
@@ -75,7 +75,7 @@ impl Cluster {
             std::fs::write(dir.join("hosts"), hosts).expect("hostfile");
             cmd.arg("--hostfile").arg(dir.join("hosts"));
         }
-        let supervisor = cmd.arg("--data-dir").arg(&data).stdout(Stdio::null()).stderr(log).spawn().expect("start the cluster");
+        let supervisor = cmd.args(extra).arg("--data-dir").arg(&data).stdout(Stdio::null()).stderr(log).spawn().expect("start the cluster");
         let cluster = Cluster { supervisor, api, data };
         cluster.wait_for(Duration::from_secs(30), "the cluster to be ready", || {
             cluster.http("GET", "/readyz").is_some_and(|(status, _)| status == 200)
@@ -145,6 +145,9 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.supervisor.try_wait() {
+            return;
+        }
         // SAFETY: signalling our own child; the supervisor stops its processes.
         unsafe { libc::kill(self.supervisor.id() as libc::pid_t, libc::SIGTERM) };
         let start = Instant::now();
@@ -300,7 +303,7 @@ fn cancel_and_api_errors() {
 fn three_processes_on_distinct_addresses_match_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let cluster = Cluster::start_with(d, 2, 3, true);
+    let cluster = Cluster::start_with(d, 2, 3, true, &[]);
     assert_eq!(cluster.cli(&["cluster", "status"])["workers"], 3);
     let targets = std::fs::read_to_string(cluster.data.join("metrics-targets")).expect("metrics targets");
     assert_eq!(targets.lines().map(|t| t.split(':').next().unwrap_or("")).collect::<Vec<_>>(), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
@@ -346,7 +349,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
 
     // Prometheus scrapes the processes listed by the supervisor, every second.
-    let port = 13_000 + (std::process::id() % 250) as u16 * 32 + 3 * 8 + 7;
+    let port = 13_000 + (std::process::id() % 160) as u16 * 48 + 3 * 8 + 7;
     let config = d.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -481,4 +484,33 @@ fn assert_same(got: &[String], expected: &[String]) {
         got.len(),
         expected.len()
     );
+}
+
+/// A crash loop: with `--max-restarts 1`, the second death within the window stops the
+/// supervisor with status 3 and a clear message in cluster-status.json.
+#[test]
+fn a_crash_loop_stops_the_supervisor_with_a_clear_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut cluster = Cluster::start_with(d, 4, 2, false, &["--max-restarts", "1", "--crash-window", "60s"]);
+    for round in 0..2 {
+        cluster.wait_for(Duration::from_secs(30), "the cluster to be ready", || {
+            cluster.http("GET", "/api/v1/cluster").is_some_and(|(_, v)| v["ready"] == true && v["restarts"] == round)
+        });
+        // SAFETY: killing a process of our own cluster.
+        unsafe { libc::kill(cluster.process_pid(1), libc::SIGKILL) };
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = cluster.supervisor.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "the supervisor kept restarting");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(cluster.data.join("cluster-status.json")).expect("status file")).expect("JSON");
+    assert_eq!(report["state"], "crash_loop");
+    assert!(report["message"].as_str().is_some_and(|m| m.contains("2 restarts within")), "{report}");
 }
