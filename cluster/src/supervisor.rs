@@ -65,11 +65,21 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing a signal handler")?;
     }
     let exe = std::env::current_exe()?;
+    // Processes at addresses of this machine are started here; those on other hosts are started
+    // there (`tenantflow worker` with the same arguments, under a service manager that restarts
+    // it: when one process dies, Timely ends the others).
+    let local: Vec<bool> = hosts.iter().map(|h| is_local(h)).collect();
+    if local.first() == Some(&false) {
+        anyhow::bail!("process 0 ({}) must run on this machine: it serves the API", hosts[0]);
+    }
+    for (i, h) in hosts.iter().enumerate().take(s.processes).filter(|(i, _)| !local[*i]) {
+        eprintln!("cluster: process {i} is on {h}; start it there with `tenantflow worker --process {i} --processes {}` and the same --hostfile, --workers and --metrics", s.processes);
+    }
     let (mut restarts, mut backoff, mut recent): (u64, Duration, Vec<Instant>) = (0, Duration::ZERO, Vec::new());
     loop {
         let started = Instant::now();
         let mut children: Vec<Child> = Vec::new();
-        for i in 0..s.processes {
+        for i in (0..s.processes).filter(|&i| local[i]) {
             let mut cmd = Command::new(&exe);
             if s.log_json {
                 cmd.args(["--log-format", "json"]);
@@ -137,4 +147,10 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::SUCCESS);
         }
     }
+}
+
+/// Whether `host:port`'s address belongs to this machine (it can be bound here).
+fn is_local(host_port: &str) -> bool {
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, _)| h);
+    std::net::TcpListener::bind((host, 0)).is_ok()
 }
