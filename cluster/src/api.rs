@@ -59,8 +59,13 @@ pub struct Api {
     /// The other processes' job statuses, by job id, as last fetched (with the processes that
     /// answered).
     peer_statuses: Mutex<(BTreeMap<String, Vec<JobStatus>>, usize)>,
+    /// Per job, recent (time, events in over all processes) samples: the current throughput.
+    samples: Mutex<BTreeMap<String, std::collections::VecDeque<(Instant, u64)>>>,
     agent: ureq::Agent,
 }
+
+/// The window over which `events_per_sec` is measured.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 type Shared = Arc<Api>;
 
@@ -79,7 +84,15 @@ impl Api {
             control.send(Action::Submit { id: r.id.clone(), name: r.name.clone(), text: r.text.clone(), restore: true });
         }
         let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
-        Ok(Api { control, book: Mutex::new(book), data_dir, cluster, peer_statuses: Mutex::new((BTreeMap::new(), 0)), agent })
+        Ok(Api {
+            control,
+            book: Mutex::new(book),
+            data_dir,
+            cluster,
+            peer_statuses: Mutex::new((BTreeMap::new(), 0)),
+            samples: Mutex::new(BTreeMap::new()),
+            agent,
+        })
     }
 
     fn save(&self, book: &Book) {
@@ -118,6 +131,19 @@ impl Api {
         for s in &mut statuses {
             if peers.get(&s.id).is_some_and(|p| p.iter().any(|p| p.state == JobState::Failed)) && !s.state.is_terminal() {
                 s.state = JobState::Failed;
+            }
+        }
+        // Throughput samples, over all processes.
+        if let Ok(mut samples) = self.samples.lock() {
+            let now = Instant::now();
+            samples.retain(|id, _| statuses.iter().any(|s| &s.id == id));
+            for s in &statuses {
+                let total = s.events_in + peers.get(&s.id).map_or(0, |p| p.iter().map(|p| p.events_in).sum());
+                let ring = samples.entry(s.id.clone()).or_default();
+                ring.push_back((now, total));
+                while ring.len() > 2 && ring.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+                    ring.pop_front();
+                }
             }
         }
         if let Ok(mut p) = self.peer_statuses.lock() {
@@ -326,10 +352,18 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
         "submitted_unix_ms": r.submitted_unix_ms,
     });
     if let Some(s) = status {
-        let rate = if s.uptime_secs > 0.0 { s.events_in as f64 / s.uptime_secs } else { 0.0 };
+        let average = if s.uptime_secs > 0.0 { s.events_in as f64 / s.uptime_secs } else { 0.0 };
+        // Over the last few seconds (the API samples every 200 ms); the average until then.
+        let recent = api.samples.lock().ok().and_then(|samples| {
+            let ring = samples.get(&r.id)?;
+            let ((t0, n0), (t1, n1)) = (ring.front()?, ring.back()?);
+            let secs = t1.duration_since(*t0).as_secs_f64();
+            (secs >= 1.0).then(|| n1.saturating_sub(*n0) as f64 / secs)
+        });
         v["events_in"] = s.events_in.into();
         v["rows_out"] = s.rows_out.into();
-        v["events_per_sec"] = (rate.round()).into();
+        v["events_per_sec"] = recent.unwrap_or(average).round().into();
+        v["events_per_sec_average"] = average.round().into();
         v["dead_letters"] = s.dead_letters.into();
         v["late_events"] = s.late_events.into();
         v["windows_fired"] = s.windows_fired.into();
