@@ -63,8 +63,8 @@ struct RunArgs {
     #[arg(long, value_name = "latest|PATH")]
     restore: Option<String>,
     /// Time between checkpoints (overrides `[checkpoint] interval`), e.g. 5s.
-    #[arg(long, value_name = "DURATION")]
-    checkpoint_interval: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// Where the cluster's API is.
@@ -80,42 +80,19 @@ struct ApiArgs {
 
 const DEFAULT_API: &str = "127.0.0.1:8088";
 
+/// A duration argument such as `500ms`, `10s` or `1m`.
+fn duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    match tenantflow_core::time::parse_duration(text) {
+        Some(us) if us > 0 => Ok(std::time::Duration::from_micros(us as u64)),
+        _ => Err(format!("invalid duration \"{text}\" (expected e.g. \"500ms\", \"10s\")")),
+    }
+}
+
 #[derive(Subcommand)]
 enum ClusterCommand {
     /// Start a cluster: N processes (local, or per hostfile) with a coordinator and the API in
     /// process 0, supervised and restarted when one dies.
-    Start {
-        /// Processes in the Timely cluster.
-        #[arg(short = 'n', long, default_value_t = 1)]
-        processes: usize,
-        /// Worker threads per process.
-        #[arg(short, long, default_value_t = 1)]
-        workers: usize,
-        /// File with one host:port per line (Timely's addresses), one line per process.
-        #[arg(long)]
-        hostfile: Option<PathBuf>,
-        /// Where the cluster keeps its job book and state.
-        #[arg(long, default_value = "tenantflow-data")]
-        data_dir: PathBuf,
-        /// Address the API listens on.
-        #[arg(long, env = "TENANTFLOW_API", default_value = DEFAULT_API)]
-        api: String,
-        /// First Timely port on 127.0.0.1 without a hostfile.
-        #[arg(long, default_value_t = 2101)]
-        port_base: u16,
-        /// Process i serves /metrics on port METRICS_PORT_BASE + i (of its hostfile address).
-        #[arg(long, default_value_t = 9464)]
-        metrics_port_base: u16,
-        /// Tenants per job with a metrics label of their own (the busiest); the rest are `other`.
-        #[arg(long, default_value_t = 20)]
-        metrics_top_tenants: usize,
-        /// Restarts within --crash-window after which the supervisor gives up.
-        #[arg(long, default_value_t = 5)]
-        max_restarts: usize,
-        /// e.g. 60s.
-        #[arg(long, default_value = "60s")]
-        crash_window: String,
-    },
+    Start(supervisor::Supervise),
     /// The cluster's processes, workers, uptime and restarts.
     Status {
         #[command(flatten)]
@@ -245,7 +222,7 @@ fn init_logs(format: LogFormat, default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let cluster_process = matches!(cli.command, Command::Worker { .. } | Command::Cluster(ClusterCommand::Start { .. }));
+    let cluster_process = matches!(cli.command, Command::Worker { .. } | Command::Cluster(ClusterCommand::Start(_)));
     init_logs(cli.log_format, if cluster_process { "info" } else { "warn" });
     match execute(cli.command, cli.log_format) {
         Ok(code) => code,
@@ -258,37 +235,7 @@ fn main() -> ExitCode {
 
 fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Cluster(ClusterCommand::Start {
-            processes,
-            workers,
-            hostfile,
-            data_dir,
-            api,
-            port_base,
-            metrics_port_base,
-            metrics_top_tenants,
-            max_restarts,
-            crash_window,
-        }) => {
-            let crash_window = match tenantflow_core::time::parse_duration(&crash_window) {
-                Some(us) if us > 0 => std::time::Duration::from_micros(us as u64),
-                _ => anyhow::bail!("--crash-window: invalid duration \"{crash_window}\" (expected e.g. \"60s\")"),
-            };
-            let s = supervisor::Supervise {
-                processes: processes.max(1),
-                workers,
-                hostfile,
-                data_dir,
-                api,
-                port_base,
-                metrics_port_base,
-                metrics_top_tenants,
-                max_restarts,
-                crash_window,
-                log_json: matches!(log_format, LogFormat::Json),
-            };
-            supervisor::run(&s)
-        }
+        Command::Cluster(ClusterCommand::Start(s)) => supervisor::run(&s, matches!(log_format, LogFormat::Json)),
         Command::Cluster(ClusterCommand::Status { api }) => {
             client::Client::new(&api.api).cluster_status(api.output).map(|()| ExitCode::SUCCESS)
         }
@@ -401,13 +348,6 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
         DeadLetterSpec::Kafka(k) => format!("kafka topic {}", k.topic),
     };
     let restore = args.restore.as_deref().map(|r| if r == "latest" { RestoreFrom::Latest } else { RestoreFrom::Path(PathBuf::from(r)) });
-    let checkpoint_interval = match args.checkpoint_interval.as_deref() {
-        None => None,
-        Some(d) => match tenantflow_core::time::parse_duration(d) {
-            Some(us) if us > 0 => Some(std::time::Duration::from_micros(us as u64)),
-            _ => anyhow::bail!("--checkpoint-interval: invalid duration \"{d}\" (expected e.g. \"500ms\", \"10s\")"),
-        },
-    };
     // SIGTERM or Ctrl-C stops the job: with a savepoint when it has checkpoints, else by ending
     // the sources and draining. A second one kills it.
     let flag = Arc::new(AtomicBool::new(false));
@@ -424,7 +364,7 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
         hostfile: args.hostfile.clone(),
         progress: !args.quiet,
         restore,
-        checkpoint_interval,
+        checkpoint_interval: args.checkpoint_interval,
     };
     let report = run(plan, &cfg)?;
     if let Some(epoch) = report.savepoint {

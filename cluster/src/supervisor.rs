@@ -12,28 +12,48 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-/// How the cluster is laid out and supervised.
+/// How the cluster is laid out and supervised (`tenantflow cluster start`).
+#[derive(clap::Args)]
 pub struct Supervise {
+    /// Processes in the Timely cluster.
+    #[arg(short = 'n', long, default_value_t = 1)]
     pub processes: usize,
+    /// Worker threads per process.
+    #[arg(short, long, default_value_t = 1)]
     pub workers: usize,
+    /// File with one host:port per line (Timely's addresses), one line per process.
+    #[arg(long)]
     pub hostfile: Option<PathBuf>,
+    /// Where the cluster keeps its job book and state.
+    #[arg(long, default_value = "tenantflow-data")]
     pub data_dir: PathBuf,
+    /// Address the API listens on.
+    #[arg(long, env = "TENANTFLOW_API", default_value = crate::DEFAULT_API)]
     pub api: String,
-    /// First Timely port on 127.0.0.1 when there is no hostfile (one per process).
+    /// First Timely port on 127.0.0.1 without a hostfile (one per process).
+    #[arg(long, default_value_t = 2101)]
     pub port_base: u16,
-    /// Process i serves metrics on this port + i, at its hostfile address.
+    /// Process i serves /metrics on port METRICS_PORT_BASE + i (of its hostfile address).
+    #[arg(long, default_value_t = 9464)]
     pub metrics_port_base: u16,
+    /// Tenants per job with a metrics label of their own (the busiest); the rest are `other`.
+    #[arg(long, default_value_t = 20)]
     pub metrics_top_tenants: usize,
-    /// Restarts allowed within `crash_window` before the supervisor gives up.
+    /// Restarts within --crash-window after which the supervisor gives up.
+    #[arg(long, default_value_t = 5)]
     pub max_restarts: usize,
+    /// e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = crate::duration_arg)]
     pub crash_window: Duration,
-    pub log_json: bool,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
+pub fn run(s: &Supervise, log_json: bool) -> anyhow::Result<std::process::ExitCode> {
+    if s.processes == 0 || s.workers == 0 {
+        anyhow::bail!("--processes and --workers must be at least 1");
+    }
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("data dir {}", s.data_dir.display()))?;
     let hostfile = match &s.hostfile {
         Some(h) => h.clone(),
@@ -81,7 +101,7 @@ pub fn run(s: &Supervise) -> anyhow::Result<std::process::ExitCode> {
         let mut children: Vec<Child> = Vec::new();
         for i in (0..s.processes).filter(|&i| local[i]) {
             let mut cmd = Command::new(&exe);
-            if s.log_json {
+            if log_json {
                 cmd.args(["--log-format", "json"]);
             }
             cmd.args(["worker", "--process", &i.to_string(), "--processes", &s.processes.to_string()])
