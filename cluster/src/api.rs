@@ -82,6 +82,10 @@ impl Api {
         for r in book.jobs.values().filter(|r| r.state.is_none_or(|s| !s.is_terminal())) {
             tracing::info!(job = %r.id, "job restored after a cluster restart");
             control.send(Action::Submit { id: r.id.clone(), name: r.name.clone(), text: r.text.clone(), restore: true });
+            // A cancel with savepoint that the restart interrupted goes on.
+            if r.state == Some(JobState::Stopping) {
+                control.send(Action::Cancel { id: r.id.clone(), savepoint: true });
+            }
         }
         let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
         Ok(Api {
