@@ -109,9 +109,12 @@ impl Client {
         Ok(())
     }
 
-    pub fn cluster_stop(&self) -> anyhow::Result<()> {
-        self.call("POST", "/api/v1/cluster/stop", None)?;
-        println!("stopping the cluster");
+    pub fn cluster_stop(&self, output: Output) -> anyhow::Result<()> {
+        let answer = self.call("POST", "/api/v1/cluster/stop", None)?;
+        match output {
+            Output::Json => println!("{answer}"),
+            Output::Table => println!("stopping the cluster"),
+        }
         Ok(())
     }
 }

@@ -239,7 +239,9 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
         Command::Cluster(ClusterCommand::Status { api }) => {
             client::Client::new(&api.api).cluster_status(api.output).map(|()| ExitCode::SUCCESS)
         }
-        Command::Cluster(ClusterCommand::Stop { api }) => client::Client::new(&api.api).cluster_stop().map(|()| ExitCode::SUCCESS),
+        Command::Cluster(ClusterCommand::Stop { api }) => {
+            client::Client::new(&api.api).cluster_stop(api.output).map(|()| ExitCode::SUCCESS)
+        }
         Command::Job(JobCommand::Submit { file, restore, api }) => {
             client::Client::new(&api.api).submit(&file, restore, api.output).map(|()| ExitCode::SUCCESS)
         }

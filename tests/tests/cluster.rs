@@ -111,6 +111,18 @@ impl Cluster {
         Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// Waits for the supervisor to exit.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.supervisor.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "the supervisor did not exit within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn state(&self, id: &str) -> String {
         self.cli(&["job", "describe", id])["state"].as_str().unwrap_or("?").to_string()
     }
@@ -235,7 +247,7 @@ fn submitted_jobs_match_a_single_process_run_and_survive_a_killed_process() {
 fn cancel_and_api_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let cluster = Cluster::start(d, 1);
+    let mut cluster = Cluster::start(d, 1);
 
     // Invalid job: 422 with each problem's line, column and key.
     let (status, body) = cluster.http_body("POST", "/api/v1/jobs?file=bad.toml", Some("[source]\ntype = \"nope\"\n")).expect("API");
@@ -295,6 +307,31 @@ fn cancel_and_api_errors() {
     ] {
         assert!(has(message, job), "no `{message}` line for job {job} in the log:\n{log}");
     }
+
+    // Every operation of docs/openapi.json is served and answers with a documented status.
+    let spec: Value =
+        serde_json::from_slice(&std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json")).expect("openapi.json"))
+            .expect("openapi.json is JSON");
+    let mut operations = 0;
+    for (path, ops) in spec["paths"].as_object().expect("paths") {
+        for method in ["get", "post", "delete"] {
+            let Some(op) = ops.get(method) else { continue };
+            if path == "/api/v1/cluster/stop" {
+                continue; // last, below
+            }
+            let body = (method == "post").then_some("[source]\ntype = \"nope\"\n");
+            let url = path.replace("{id}", &a);
+            let (status, answer) = cluster.http_body(&method.to_uppercase(), &url, body).expect("API");
+            assert_ne!(answer["error"]["message"], "no such endpoint", "{method} {path} is not served");
+            assert!(op["responses"].get(status.to_string()).is_some(), "{method} {path} answered {status}, not documented: {answer}");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 7, "only {operations} operations checked");
+    // `cluster stop` stops every process, and the supervisor exits cleanly.
+    cluster.cli(&["cluster", "stop"]);
+    let status = cluster.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "the supervisor exited with {status}");
 }
 
 /// Three processes with distinct addresses (127.0.0.1, .2, .3, each with its Timely port and
@@ -512,15 +549,8 @@ fn a_crash_loop_stops_the_supervisor_with_a_clear_status() {
         // SAFETY: killing a process of our own cluster.
         unsafe { libc::kill(cluster.process_pid(1), libc::SIGKILL) };
     }
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = cluster.supervisor.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "the supervisor kept restarting");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(status.code(), Some(3));
+    let status = cluster.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "the supervisor should give up with status 3");
     let report: Value =
         serde_json::from_slice(&std::fs::read(cluster.data.join("cluster-status.json")).expect("status file")).expect("JSON");
     assert_eq!(report["state"], "crash_loop");
