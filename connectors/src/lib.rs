@@ -4,6 +4,7 @@
 //! stop the job); sinks write finished rows. Each worker owns its own source instance and reads
 //! its own share of the input (see each source's docs for how the input is split).
 
+pub mod clickhouse;
 pub mod generator;
 pub mod json;
 pub mod kafka;
@@ -22,6 +23,9 @@ pub enum ConnectorError {
     BadPattern { pattern: String, message: String },
     #[error("kafka: {0}")]
     Kafka(String),
+    /// A sink's service refused its configuration (unknown table, wrong columns, bad URL).
+    #[error("{0}")]
+    Sink(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -150,6 +150,21 @@ pub struct KafkaSinkSpec {
     pub properties: Vec<(String, String)>,
 }
 
+/// Rows to a ClickHouse table over HTTP (RowBinary).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickHouseSinkSpec {
+    /// The HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// `table` or `database.table`.
+    pub table: String,
+    /// Create the table from the output schema if it does not exist.
+    pub create_table: bool,
+    /// Send a batch once it has this many rows ...
+    pub batch_rows: usize,
+    /// ... or once its oldest row waited this long (µs).
+    pub batch_interval: i64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GeneratorProfile {
     /// Music-streaming events (plays, skips, likes, ...).
@@ -280,6 +295,8 @@ pub enum SinkSpec {
     /// Drops rows (benchmarks); `delay_per_row` (µs, may be fractional) makes it a slow sink for
     /// backpressure tests.
     Discard { delay_per_row: f64 },
+    /// Rows to a ClickHouse table, idempotently (see `connectors::clickhouse`).
+    ClickHouse(ClickHouseSinkSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1067,8 +1084,35 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
         File,
         Kafka,
         Discard,
+        ClickHouse,
     }
-    match t.choice(cx, "type", &[("stdout", K::Stdout), ("file", K::File), ("kafka", K::Kafka), ("discard", K::Discard)], None)? {
+    let kinds = [("stdout", K::Stdout), ("file", K::File), ("kafka", K::Kafka), ("discard", K::Discard), ("clickhouse", K::ClickHouse)];
+    match t.choice(cx, "type", &kinds, None)? {
+        K::ClickHouse => {
+            t.check_keys(cx, &["type", "url", "table", "create_table", "batch_rows", "batch_interval"]);
+            let url = t.required_string(cx, "url", "ClickHouse's HTTP address, e.g. \"http://127.0.0.1:8123\"")?;
+            if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
+                cx.err(&url.span, &url.key, format!("expected an http:// or https:// URL, found \"{}\"", url.value));
+                return None;
+            }
+            let table = t.required_string(cx, "table", "the table, e.g. \"analytics.plays\"")?;
+            let valid = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !table.value.split('.').all(valid) || table.value.split('.').count() > 2 {
+                cx.err(
+                    &table.span,
+                    &table.key,
+                    format!("expected `table` or `database.table` (letters, digits, _), found \"{}\"", table.value),
+                );
+                return None;
+            }
+            Some(SinkSpec::ClickHouse(ClickHouseSinkSpec {
+                url: url.value.trim_end_matches('/').to_string(),
+                table: table.value,
+                create_table: t.boolean(cx, "create_table").unwrap_or(false),
+                batch_rows: t.int(cx, "batch_rows", 1).unwrap_or(100_000) as usize,
+                batch_interval: t.duration(cx, "batch_interval").unwrap_or(time::MICROS_PER_SEC),
+            }))
+        }
         K::Kafka => {
             t.check_keys(cx, &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "properties"]);
             t.choice(cx, "format", &[("json", ())], Some(()));

@@ -507,6 +507,13 @@ fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>) -> V
                     Err(e) => shared.error(format!("kafka sink: {e}")),
                 }
             }
+            SinkSpec::ClickHouse(c) => {
+                let tenant = names.iter().position(|n| *n == plan.spec.schema.tenant.value.as_str());
+                match tenantflow_connectors::clickhouse::ClickHouseSink::open(c, plan.output.fields(), tenant) {
+                    Ok(s) => sinks.push(Box::new(s)),
+                    Err(e) => shared.error(format!("clickhouse sink: {e}")),
+                }
+            }
             SinkSpec::Discard { delay_per_row: 0.0 } => {}
             SinkSpec::Discard { delay_per_row } => sinks.push(Box::new(Discard::new(*delay_per_row))),
         }

@@ -65,3 +65,68 @@ pub fn dev_kafka(dir: &Path, topics: &[&str]) -> (Guard, String) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A ClickHouse server (Debian's `clickhouse-server`) in a temporary directory, on ports derived
+/// from `port`; stopped by PID when dropped.
+pub struct ClickHouse {
+    child: std::process::Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ClickHouse {
+    pub fn start(port: u16) -> ClickHouse {
+        use std::time::{Duration, Instant};
+        let server = "/usr/sbin/clickhouse-server";
+        assert!(Path::new(server).exists(), "clickhouse-server is missing: scripts/setup.sh installs it");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        let config = format!(
+            "<?xml version=\"1.0\"?><yandex><logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog></logger>\
+             <listen_host>127.0.0.1</listen_host><http_port>{port}</http_port><tcp_port>{}</tcp_port><interserver_http_port>{}</interserver_http_port>\
+             <path>{d}/data/</path><tmp_path>{d}/tmp/</tmp_path><user_files_path>{d}/user_files/</user_files_path>\
+             <format_schema_path>{d}/format_schemas/</format_schema_path><users_config>{d}/users.xml</users_config>\
+             <default_profile>default</default_profile><default_database>default</default_database><mark_cache_size>104857600</mark_cache_size></yandex>",
+            port + 1,
+            port + 2
+        );
+        let users = "<?xml version=\"1.0\"?><yandex><profiles><default></default></profiles><users><default><password></password>\
+                     <networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default></users>\
+                     <quotas><default></default></quotas></yandex>";
+        std::fs::write(dir.path().join("config.xml"), config).expect("config");
+        std::fs::write(dir.path().join("users.xml"), users).expect("users");
+        let child = std::process::Command::new(server)
+            .arg(format!("--config-file={d}/config.xml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start clickhouse-server");
+        let ch = ClickHouse { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let start = Instant::now();
+        while ch.query("SELECT 1").is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "clickhouse did not answer within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ch
+    }
+
+    /// Runs a query over HTTP; the body on success.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut r = agent.post(&self.url).send(sql).map_err(|e| e.to_string())?;
+        let body = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        if r.status().is_success() {
+            Ok(body)
+        } else {
+            Err(format!("HTTP {}: {body}", r.status().as_u16()))
+        }
+    }
+}
+
+impl Drop for ClickHouse {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it shut down cleanly.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
