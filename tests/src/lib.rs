@@ -76,7 +76,6 @@ pub struct ClickHouse {
 
 impl ClickHouse {
     pub fn start(port: u16) -> ClickHouse {
-        use std::time::{Duration, Instant};
         let server = "/usr/sbin/clickhouse-server";
         assert!(Path::new(server).exists(), "clickhouse-server is missing: scripts/setup.sh installs it");
         let dir = tempfile::tempdir().expect("tempdir");
@@ -95,19 +94,40 @@ impl ClickHouse {
                      <quotas><default></default></quotas></yandex>";
         std::fs::write(dir.path().join("config.xml"), config).expect("config");
         std::fs::write(dir.path().join("users.xml"), users).expect("users");
-        let child = std::process::Command::new(server)
-            .arg(format!("--config-file={d}/config.xml"))
+        let child = Self::spawn(&d);
+        let mut ch = ClickHouse { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        ch.wait_ready();
+        ch
+    }
+
+    fn spawn(dir: &str) -> std::process::Child {
+        std::process::Command::new("/usr/sbin/clickhouse-server")
+            .arg(format!("--config-file={dir}/config.xml"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("start clickhouse-server");
-        let ch = ClickHouse { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        let start = Instant::now();
-        while ch.query("SELECT 1").is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "clickhouse did not answer within 30 s");
-            std::thread::sleep(Duration::from_millis(50));
+            .expect("start clickhouse-server")
+    }
+
+    fn wait_ready(&mut self) {
+        let start = std::time::Instant::now();
+        while self.query("SELECT 1").is_err() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(30), "clickhouse did not answer within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        ch
+    }
+
+    /// Stops the server (SIGTERM, waits); its data stays for [`ClickHouse::restart`].
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it shut down cleanly.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data and ports.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self._dir.path().display().to_string());
+        self.wait_ready();
     }
 
     /// Runs a query over HTTP; the body on success.
