@@ -44,6 +44,8 @@ const CONFIGS: &[(&str, usize)] = &[
     ("kafka_latency", 1),
     ("kafka_latency", 2),
     ("cluster_submit", 1),
+    ("clickhouse", 1),
+    ("clickhouse", 2),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -282,6 +284,7 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         "kafka" => return kafka_bench((events / 50).min(1_000_000), workers),
         "kafka_latency" => return latency_bench(50_000, 10, workers),
         "cluster_submit" => return submit_bench(30, workers),
+        "clickhouse" => return clickhouse_bench((events / 50).min(2_000_000), workers),
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -327,6 +330,101 @@ fn checkpoint_overhead(name: &str, text: &str, events: u64, workers: usize, roun
         "checkpoint_every_1s": checkpointed,
         "rounds_events_per_sec": rounds,
     }))
+}
+
+/// Rows/s through the ClickHouse sink (issue #5): a job without a window writes `rows` events
+/// (tenant, user, ts, value) to a ClickHouse table (Debian's server, started here), vs a raw
+/// RowBinary HTTP POST of the same rows, encoded beforehand, in batches of the same size, to
+/// another table with the same columns; alternating, 3 rounds each, medians.
+fn clickhouse_bench(rows: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
+    let ch = tenantflow_tests::ClickHouse::start(23_000 + (std::process::id() % 500) as u16 * 4);
+    let batch = 100_000u64;
+    let fields = vec![
+        ("tenant".to_string(), tenantflow_core::DataType::Int),
+        ("user".to_string(), tenantflow_core::DataType::Int),
+        ("ts".to_string(), tenantflow_core::DataType::Timestamp),
+        ("value".to_string(), tenantflow_core::DataType::Int),
+    ];
+    // The raw body: the same columns the sink writes (a 16-byte id, then the fields).
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    for start in (0..rows).step_by(batch as usize) {
+        let mut body = Vec::new();
+        for g in start..(start + batch).min(rows) {
+            body.extend_from_slice(&u128::from(g).to_le_bytes());
+            body.extend_from_slice(&((g % 100) as i64).to_le_bytes());
+            body.push(0);
+            body.extend_from_slice(&((g % 100_000) as i64).to_le_bytes());
+            body.push(0);
+            body.extend_from_slice(&((g / 1_000_000) as u32).to_le_bytes());
+            body.push(0);
+            body.extend_from_slice(&((g % 1000) as i64).to_le_bytes());
+        }
+        bodies.push(body);
+    }
+    // The same rows as values, for the sink alone (no dataflow in front of it).
+    let values: Vec<Vec<tenantflow_core::Value>> = (0..rows)
+        .map(|g| {
+            use tenantflow_core::Value;
+            vec![Value::Int((g % 100) as i64), Value::Int((g % 100_000) as i64), Value::Ts(g as i64), Value::Int((g % 1000) as i64)]
+        })
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let (mut raw, mut sink, mut alone) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        let table = format!("default.raw_{round}");
+        ch.query(&tenantflow_connectors::clickhouse::create_table_sql(&table, &fields, Some(0))).map_err(|e| anyhow::anyhow!(e))?;
+        let url = format!("{}/?query=INSERT%20INTO%20{table}%20FORMAT%20RowBinary", ch.url);
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        for body in &bodies {
+            let status = agent.post(&url).send(&body[..])?.status();
+            if !status.is_success() {
+                bail!("raw insert: HTTP {status}");
+            }
+        }
+        raw.push(result("clickhouse_raw_post", 1, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+
+        let spec = tenantflow_core::job::ClickHouseSinkSpec {
+            url: ch.url.clone(),
+            table: format!("default.alone_{round}"),
+            create_table: true,
+            batch_rows: batch as usize,
+            batch_interval: 1_000_000,
+        };
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        let mut s = tenantflow_connectors::clickhouse::ClickHouseSink::open(&spec, &fields, Some(0))?;
+        for row in &values {
+            tenantflow_connectors::Sink::write(&mut s, row)?;
+        }
+        tenantflow_connectors::Sink::finish(&mut s)?;
+        alone.push(result("clickhouse_sink_alone", 1, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+
+        let text = format!(
+            "name = \"ch\"\n{}\n\n[schema]\ntenant = \"tenant\"\n[schema.fields]\ntenant = \"int\"\nuser = \"int\"\nts = \"timestamp\"\nvalue = \"int\"\n\n[time]\nfield = \"ts\"\n\n[[sinks]]\ntype = \"clickhouse\"\nurl = \"{}\"\ntable = \"default.sink_{round}\"\ncreate_table = true\nbatch_rows = {batch}\n",
+            sequence_source(rows, 100_000),
+            ch.url
+        );
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        let report = tenantflow(&text, workers)?;
+        if report.rows_out != rows {
+            bail!("the sink wrote {} rows of {rows}", report.rows_out);
+        }
+        sink.push(result("tenantflow_clickhouse_sink", workers, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+    }
+    let median = |mut v: Vec<serde_json::Value>| {
+        v.sort_by(|a, b| a["events_per_sec"].as_f64().partial_cmp(&b["events_per_sec"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+        v.swap_remove(1)
+    };
+    let (raw, mut sink, mut alone) = (median(raw), median(sink), median(alone));
+    let vs_raw = |r: &serde_json::Value| {
+        let ratio = r["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
+        (ratio * 1000.0).round() / 1000.0
+    };
+    alone["vs_raw_post"] = vs_raw(&alone).into();
+    sink["name"] = "clickhouse".into();
+    sink["vs_raw_post"] = vs_raw(&sink).into();
+    sink["sink_alone"] = alone;
+    sink["raw_post"] = raw;
+    Ok(sink)
 }
 
 /// Submit-to-running latency (issue #4): a 2-process cluster (`tenantflow cluster start`, the

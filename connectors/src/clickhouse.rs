@@ -114,16 +114,14 @@ pub struct ClickHouseSink {
     spec: ClickHouseSinkSpec,
     fields: Vec<(String, DataType)>,
     tenant: Option<usize>,
-    agent: ureq::Agent,
-    insert_url: String,
-    /// RowBinary rows not sent yet, and when the first of them came.
+    /// RowBinary rows not handed to the sender yet, and when the first of them came.
     batch: Vec<u8>,
     rows: usize,
     since: Option<Instant>,
     row: Vec<u8>,
     last_hash: u128,
     rank: u32,
-    retries: u64,
+    sender: Sender,
 }
 
 impl ClickHouseSink {
@@ -166,62 +164,125 @@ impl ClickHouseSink {
         }
         let insert = format!("INSERT INTO {} FORMAT RowBinary", spec.table);
         let insert_url = format!("{}/?query={}", spec.url, encode_query(&insert));
+        let sender = Sender::start(agent, insert_url, spec.table.clone()).map_err(|e| err("starting the sender", e.to_string()))?;
         Ok(ClickHouseSink {
             spec: spec.clone(),
             fields: fields.to_vec(),
             tenant,
-            agent,
-            insert_url,
             batch: Vec::new(),
             rows: 0,
             since: None,
             row: Vec::new(),
             last_hash: 0,
             rank: 0,
-            retries: 0,
+            sender,
         })
     }
 
-    /// Sends the batch; retries with exponential backoff and jitter on connection errors and
-    /// 5xx answers until ClickHouse takes it. Other answers (a bad request) fail the job.
-    fn send(&mut self) -> io::Result<()> {
+    /// Hands the batch to the sender (waiting while it still has [`IN_FLIGHT`] batches).
+    fn hand_off(&mut self) -> io::Result<()> {
         if self.rows == 0 {
             return Ok(());
         }
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let outcome = match self.agent.post(&self.insert_url).send(&self.batch[..]) {
-                Ok(r) if r.status().is_success() => break,
-                Ok(mut r) if r.status().is_server_error() => {
-                    format!("HTTP {}: {}", r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default().trim())
-                }
-                Ok(mut r) => {
-                    let body = r.body_mut().read_to_string().unwrap_or_default();
-                    return Err(io::Error::other(format!(
-                        "clickhouse insert into {}: HTTP {}: {}",
-                        self.spec.table,
-                        r.status().as_u16(),
-                        body.trim()
-                    )));
-                }
-                Err(e) => e.to_string(),
-            };
-            self.retries += 1;
-            tracing::warn!(table = %self.spec.table, retry_in_ms = backoff.as_millis() as u64, "clickhouse insert failed: {outcome}");
-            // Full jitter around the backoff keeps many writers from retrying in step.
-            let jitter = backoff.mul_f64(0.5 + fastrand_unit());
-            std::thread::sleep(jitter);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-        }
-        self.batch.clear();
+        let next = Vec::with_capacity(self.batch.capacity());
+        self.sender.send(std::mem::replace(&mut self.batch, next))?;
         self.rows = 0;
         self.since = None;
         Ok(())
     }
 }
 
+/// Batches handed to the sender and not yet inserted, at most: the worker encodes the next
+/// batch while ClickHouse takes the last, and waits beyond that (backpressure).
+const IN_FLIGHT: usize = 1;
+
+enum Job {
+    Batch(Vec<u8>),
+    /// Answers once every batch before it is inserted (or with the first failure).
+    Flush(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// Inserts batches on a thread of its own, in order, retrying with exponential backoff and
+/// jitter on connection errors and 5xx answers until ClickHouse takes them. Other answers (a
+/// bad request) are failures that the next flush reports.
+struct Sender {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Sender {
+    fn start(agent: ureq::Agent, url: String, table: String) -> io::Result<Sender> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(IN_FLIGHT);
+        let retries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = std::sync::Arc::clone(&retries);
+        let thread = std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
+            let mut failed: Option<String> = None;
+            for job in rx {
+                match job {
+                    Job::Batch(body) if failed.is_none() => {
+                        if let Err(e) = insert(&agent, &url, &table, &body, &counter) {
+                            failed = Some(e);
+                        }
+                    }
+                    Job::Batch(_) => {}
+                    Job::Flush(reply) => {
+                        let _ = reply.send(failed.clone().map_or(Ok(()), Err));
+                    }
+                }
+            }
+        })?;
+        Ok(Sender { tx: Some(tx), thread: Some(thread), retries })
+    }
+
+    fn send(&self, body: Vec<u8>) -> io::Result<()> {
+        let gone = || io::Error::other("the clickhouse sender stopped");
+        self.tx.as_ref().ok_or_else(gone)?.send(Job::Batch(body)).map_err(|_| gone())
+    }
+
+    /// Waits until every batch handed off so far is inserted.
+    fn wait(&self) -> io::Result<()> {
+        let gone = || io::Error::other("the clickhouse sender stopped");
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.tx.as_ref().ok_or_else(gone)?.send(Job::Flush(reply)).map_err(|_| gone())?;
+        answer.recv().map_err(|_| gone())?.map_err(io::Error::other)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One batch into the table, retried until ClickHouse takes it or refuses it.
+fn insert(agent: &ureq::Agent, url: &str, table: &str, body: &[u8], retries: &std::sync::atomic::AtomicU64) -> Result<(), String> {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let outcome = match agent.post(url).send(body) {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            Ok(mut r) if r.status().is_server_error() => {
+                format!("HTTP {}: {}", r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default().trim())
+            }
+            Ok(mut r) => {
+                let body = r.body_mut().read_to_string().unwrap_or_default();
+                return Err(format!("clickhouse insert into {table}: HTTP {}: {}", r.status().as_u16(), body.trim()));
+            }
+            Err(e) => e.to_string(),
+        };
+        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(table, retry_in_ms = backoff.as_millis() as u64, "clickhouse insert failed: {outcome}");
+        // Jitter around the backoff keeps many writers from retrying in step.
+        std::thread::sleep(backoff.mul_f64(0.5 + jitter_unit()));
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
 /// A number in [0, 1) from the clock: jitter needs no quality randomness.
-fn fastrand_unit() -> f64 {
+fn jitter_unit() -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     (nanos % 1000) as f64 / 1000.0
 }
@@ -249,30 +310,33 @@ impl Sink for ClickHouseSink {
         self.batch.extend_from_slice(&self.row);
         self.rows += 1;
         self.since.get_or_insert_with(Instant::now);
+        if self.rows >= self.spec.batch_rows {
+            self.hand_off()?;
+        }
         Ok(())
     }
 
-    /// Sends a batch once it is full or old enough.
+    /// Hands a batch on once it is old enough.
     fn flush(&mut self) -> io::Result<()> {
-        let old = self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval);
-        if self.rows >= self.spec.batch_rows || old {
-            self.send()?;
+        if self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval) {
+            self.hand_off()?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> io::Result<()> {
-        self.send()
+        self.hand_off()?;
+        self.sender.wait()
     }
 
     /// Everything written so far is in ClickHouse; rows after the checkpoint that are written
     /// again after a restore replace themselves (same ids).
     fn checkpoint(&mut self) -> io::Result<Option<u64>> {
-        self.send().map(|()| None)
+        self.finish().map(|()| None)
     }
 
     fn retries(&self) -> u64 {
-        self.retries
+        self.sender.retries.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
