@@ -377,6 +377,8 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
             None => serde_json::Value::Null,
         };
         v["last_error"] = s.errors.last().cloned().into();
+        // Counters are partial while another process does not answer.
+        v["processes_reporting"] = (1 + api.peer_statuses.lock().map_or(0, |p| p.1)).into();
     }
     v
 }

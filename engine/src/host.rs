@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Broadcast;
@@ -117,10 +117,6 @@ impl Registry {
     pub fn jobs(&self) -> Vec<(String, String, JobState, Arc<Prepared>)> {
         let jobs: Vec<_> = self.jobs.lock().map(|j| j.values().cloned().collect()).unwrap_or_default();
         jobs.iter().filter_map(|j| j.lock().ok().map(|j| (j.id.clone(), j.name.clone(), j.state, Arc::clone(&j.job)))).collect()
-    }
-
-    fn get(&self, id: &str) -> Option<Arc<Mutex<HostedJob>>> {
-        self.jobs.lock().ok()?.get(id).cloned()
     }
 }
 
@@ -354,24 +350,7 @@ impl Control {
         self.tx.send(action).is_ok()
     }
 
-    /// Whether the job is known on this process yet (a submit takes effect a step later).
-    pub fn known(&self, id: &str) -> bool {
-        self.registry.get(id).is_some()
-    }
-
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
-    }
-
-    /// Waits up to `limit` until `id` is set up on this process.
-    pub fn wait_known(&self, id: &str, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.known(id) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        false
     }
 }
