@@ -99,16 +99,16 @@ impl Api {
         })
     }
 
-    fn save(&self, book: &Book) {
+    /// Writes the book atomically and durably (temporary file, fsync, rename, directory fsync).
+    fn save(&self, book: &Book) -> std::io::Result<()> {
         let path = self.data_dir.join("jobs.json");
-        let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec_pretty(book)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
+            .and_then(|bytes| tenantflow_engine::checkpoint::write_atomic(&path, &bytes));
+        if let Err(e) = &written {
             tracing::error!("cannot save {}: {e}", path.display());
         }
+        written
     }
 
     /// Records ended jobs in the book; cancels failed ones everywhere (a failure seen here must
@@ -169,7 +169,7 @@ impl Api {
             }
         }
         if changed {
-            self.save(&book);
+            let _ = self.save(&book);
         }
     }
 }
@@ -252,13 +252,21 @@ async fn submit(State(api): State<Shared>, Query(q): Query<SubmitQuery>, body: S
         book.next += 1;
         let id = format!("{}-{}", slug(&name), book.next);
         let record = JobRecord { id: id.clone(), name, text: body, submitted_unix_ms: unix_ms(), state: None };
-        book.jobs.insert(id, record.clone());
-        api.save(&book);
+        book.jobs.insert(id.clone(), record.clone());
+        // Accepted only once it is on disk: a restart submits it again.
+        if let Err(e) = api.save(&book) {
+            book.jobs.remove(&id);
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("cannot save the job book: {e}"));
+        }
         record
     };
     let action =
         Action::Submit { id: record.id.clone(), name: record.name.clone(), text: record.text.clone(), restore: q.restore.unwrap_or(false) };
     if !api.control.send(action) {
+        if let Ok(mut book) = api.book.lock() {
+            book.jobs.remove(&record.id);
+            let _ = api.save(&book);
+        }
         return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the cluster is not running".into());
     }
     tracing::info!(job = %record.id, name = %record.name, "job submitted");

@@ -112,7 +112,17 @@ pub fn run(s: &Supervise, log_json: bool) -> anyhow::Result<std::process::ExitCo
                 .args(["--api", &s.api, "--restarts", &restarts.to_string(), "--last-backoff-ms", &backoff.as_millis().to_string()])
                 .args(["--metrics", &metrics.join(","), "--metrics-top-tenants", &s.metrics_top_tenants.to_string()])
                 .env("TENANTFLOW_SUPERVISED", "1");
-            children.push(cmd.spawn().context("starting a cluster process")?);
+            match cmd.spawn() {
+                Ok(child) => children.push(child),
+                Err(e) => {
+                    // Leave no process of a half-started cluster behind.
+                    for c in &mut children {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    return Err(anyhow::Error::new(e).context("starting a cluster process"));
+                }
+            }
         }
         tracing::info!(processes = s.processes, restarts, "cluster started");
         eprintln!("cluster: {} process(es) x {} worker(s), API on http://{}", s.processes, s.workers, s.api);

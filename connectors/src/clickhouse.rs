@@ -119,6 +119,8 @@ pub struct ClickHouseSink {
     rows: usize,
     since: Option<Instant>,
     row: Vec<u8>,
+    /// The timestamp whose rows are being written: ids hash it with the row.
+    time: u64,
     last_hash: u128,
     rank: u32,
     sender: Sender,
@@ -173,6 +175,7 @@ impl ClickHouseSink {
             rows: 0,
             since: None,
             row: Vec::new(),
+            time: 0,
             last_hash: 0,
             rank: 0,
             sender,
@@ -209,33 +212,50 @@ struct Sender {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
     retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The first refused insert: every later write fails with it.
+    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Set when the sink is dropped (job cancelled): retrying stops.
+    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sender {
     fn start(agent: ureq::Agent, url: String, table: String) -> io::Result<Sender> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(IN_FLIGHT);
         let retries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = std::sync::Arc::clone(&retries);
+        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counter, failure, stop) = (std::sync::Arc::clone(&retries), std::sync::Arc::clone(&failed), std::sync::Arc::clone(&shutdown));
         let thread = std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
-            let mut failed: Option<String> = None;
+            let first_failure = || failure.lock().ok().and_then(|f| f.clone());
             for job in rx {
                 match job {
-                    Job::Batch(body) if failed.is_none() => {
-                        if let Err(e) = insert(&agent, &url, &table, &body, &counter) {
-                            failed = Some(e);
+                    Job::Batch(body) if first_failure().is_none() => {
+                        if let Err(e) = insert(&agent, &url, &table, &body, &counter, &stop) {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
                         }
                     }
                     Job::Batch(_) => {}
                     Job::Flush(reply) => {
-                        let _ = reply.send(failed.clone().map_or(Ok(()), Err));
+                        let _ = reply.send(first_failure().map_or(Ok(()), Err));
                     }
                 }
             }
         })?;
-        Ok(Sender { tx: Some(tx), thread: Some(thread), retries })
+        Ok(Sender { tx: Some(tx), thread: Some(thread), retries, failed, shutdown })
+    }
+
+    /// The first refused insert, if any.
+    fn check(&self) -> io::Result<()> {
+        match self.failed.lock().ok().and_then(|f| f.clone()) {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
     }
 
     fn send(&self, body: Vec<u8>) -> io::Result<()> {
+        self.check()?;
         let gone = || io::Error::other("the clickhouse sender stopped");
         self.tx.as_ref().ok_or_else(gone)?.send(Job::Batch(body)).map_err(|_| gone())
     }
@@ -251,6 +271,7 @@ impl Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
+        self.shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -259,9 +280,19 @@ impl Drop for Sender {
 }
 
 /// One batch into the table, retried until ClickHouse takes it or refuses it.
-fn insert(agent: &ureq::Agent, url: &str, table: &str, body: &[u8], retries: &std::sync::atomic::AtomicU64) -> Result<(), String> {
+fn insert(
+    agent: &ureq::Agent,
+    url: &str,
+    table: &str,
+    body: &[u8],
+    retries: &std::sync::atomic::AtomicU64,
+    shutdown: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
     let mut backoff = BACKOFF_MIN;
     loop {
+        if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(format!("clickhouse insert into {table}: the sink was closed while retrying"));
+        }
         let outcome = match agent.post(url).send(body) {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(mut r) if r.status().is_server_error() => {
@@ -297,15 +328,21 @@ fn encode_query(q: &str) -> String {
 }
 
 impl Sink for ClickHouseSink {
+    fn begin_time(&mut self, t: u64) {
+        self.time = t;
+        self.last_hash = 0;
+        self.rank = 0;
+    }
+
     fn write(&mut self, row: &[Value]) -> io::Result<()> {
         self.row.clear();
         encode_row(&mut self.row, row, &self.fields, self.tenant).map_err(io::Error::other)?;
         // Equal rows come out next to each other (the sink sorts each timestamp's rows), so
         // the rank among equal rows, and so the id, is the same in every run.
-        let hash = xxhash_rust::xxh3::xxh3_128(&self.row);
+        let hash = xxhash_rust::xxh3::xxh3_128_with_seed(&self.row, self.time);
         self.rank = if hash == self.last_hash { self.rank + 1 } else { 0 };
         self.last_hash = hash;
-        let id = xxhash_rust::xxh3::xxh3_128_with_seed(&self.row, u64::from(self.rank));
+        let id = hash ^ u128::from(self.rank).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         self.batch.extend_from_slice(&id.to_le_bytes());
         self.batch.extend_from_slice(&self.row);
         self.rows += 1;
@@ -318,6 +355,7 @@ impl Sink for ClickHouseSink {
 
     /// Hands a batch on once it is old enough.
     fn flush(&mut self) -> io::Result<()> {
+        self.sender.check()?;
         if self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval) {
             self.hand_off()?;
         }

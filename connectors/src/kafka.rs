@@ -560,6 +560,8 @@ impl Output {
 /// rows): after a restore, rows produced again carry the ids they had, so readers that
 /// deduplicate by id see every result exactly once.
 pub struct KafkaSink {
+    /// The timestamp whose rows are being written: ids hash it with the row.
+    time: u64,
     last_hash: u128,
     rank: u32,
     out: Output,
@@ -571,6 +573,7 @@ pub struct KafkaSink {
 impl KafkaSink {
     pub fn open(spec: &KafkaSinkSpec, names: &[&str], key_fields: Vec<usize>) -> Result<KafkaSink, ConnectorError> {
         Ok(KafkaSink {
+            time: 0,
             last_hash: 0,
             rank: 0,
             out: Output::open(spec)?,
@@ -586,6 +589,12 @@ impl Sink for KafkaSink {
         self.out.retries()
     }
 
+    fn begin_time(&mut self, t: u64) {
+        self.time = t;
+        self.last_hash = 0;
+        self.rank = 0;
+    }
+
     fn write(&mut self, row: &[Value]) -> std::io::Result<()> {
         self.json.write(row)?;
         let mut payload = std::mem::take(self.json.get_mut());
@@ -599,7 +608,7 @@ impl Sink for KafkaSink {
         }
         // Equal rows come out next to each other (the sink sorts each timestamp's rows), so the
         // rank among equal rows is deterministic too.
-        let hash = xxhash_rust::xxh3::xxh3_128(&payload);
+        let hash = xxhash_rust::xxh3::xxh3_128_with_seed(&payload, self.time);
         self.rank = if hash == self.last_hash { self.rank + 1 } else { 0 };
         self.last_hash = hash;
         let id = format!("{hash:032x}-{}", self.rank);

@@ -26,6 +26,10 @@ pub trait Sink {
         Ok(None)
     }
 
+    /// The rows that follow belong to Timely timestamp `t` (each timestamp's rows come sorted).
+    /// Sinks that give rows deterministic ids use it, so ids do not depend on what came before.
+    fn begin_time(&mut self, _t: u64) {}
+
     /// Requests to the sink's service retried so far (cumulative), for metrics.
     fn retries(&self) -> u64 {
         0

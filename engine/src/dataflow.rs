@@ -612,7 +612,7 @@ fn sink<'s>(
                         break;
                     }
                     let Some(msgs) = pending.remove(&t) else { continue };
-                    st.write_time(msgs, tenant_out, &shared);
+                    st.write_time(Some(t), msgs, tenant_out, &shared);
                     held.remove(&t);
                 }
                 st.flush(&shared);
@@ -692,7 +692,7 @@ impl SinkState {
 
     /// Writes everything of one timestamp in a deterministic order, so output files do not
     /// depend on the number of workers or on thread scheduling.
-    fn write_time(&mut self, msgs: Vec<Msg>, tenant_out: Option<usize>, shared: &Shared) {
+    fn write_time(&mut self, msgs_time: Option<u64>, msgs: Vec<Msg>, tenant_out: Option<usize>, shared: &Shared) {
         let now = time::now_micros();
         if now - self.tenants_merged >= crate::ingest::TENANT_MERGE_US {
             self.shared.merge_tenants(std::mem::take(&mut self.tenants));
@@ -710,6 +710,11 @@ impl SinkState {
             }
         }
         rows.sort_unstable();
+        if let Some(t) = msgs_time {
+            for s in &mut self.sinks {
+                s.begin_time(t);
+            }
+        }
         dead.sort_by(|a, b| (&a.source, a.position, &a.raw).cmp(&(&b.source, b.position, &b.raw)));
         late.sort_unstable();
         shared.rows_out.fetch_add(rows.len() as u64, Relaxed);
@@ -731,12 +736,14 @@ impl SinkState {
         for d in &dead {
             if let Err(e) = self.dead.write(d) {
                 shared.error(format!("dead-letter write to {} failed: {e}", self.dead.describe()));
+                self.failed = true;
             }
         }
         if let Some(l) = self.late.as_mut() {
             for r in &late {
                 if let Err(e) = l.write(r) {
                     shared.error(format!("late output write failed: {e}"));
+                    self.failed = true;
                 }
             }
         }
@@ -745,6 +752,10 @@ impl SinkState {
     /// Completes checkpoint `epoch`: makes the outputs durable, writes this state, and commits
     /// the checkpoint with its manifest (every other part was written before its barrier left).
     fn checkpoint(&mut self, ck: &Checkpointing, epoch: u64, finished: Vec<u32>, pending: &BTreeMap<u64, Vec<Msg>>) -> std::io::Result<()> {
+        // Rows skipped after a failed write are in no output: a checkpoint would lose them.
+        if self.failed {
+            return Err(std::io::Error::other("an output failed; no checkpoint is taken"));
+        }
         let sinks = self.sinks.iter_mut().map(|s| s.checkpoint()).collect::<std::io::Result<Vec<_>>>()?;
         let late = match self.late.as_mut() {
             Some(l) => l.checkpoint()?,
@@ -782,10 +793,13 @@ impl SinkState {
                 return true;
             }
             let epoch = manifest.epoch;
-            if let Err(e) = checkpoint::commit(&ck.root, manifest, ck.retain) {
-                self.shared.error(format!("checkpoint {epoch}: commit: {e}"));
-            }
+            let committed = checkpoint::commit(&ck.root, manifest, ck.retain);
             self.to_commit.pop_front();
+            if let Err(e) = committed {
+                // Not committed: nothing may treat it as a restore point (or a savepoint).
+                self.shared.error(format!("checkpoint {epoch}: commit: {e}"));
+                continue;
+            }
             let (bytes, age) = checkpoint::size_and_age(&checkpoint::epoch_dir(&ck.root, epoch));
             self.shared.checkpoints.fetch_add(1, Relaxed);
             self.shared.committed_epoch.fetch_max(epoch, Relaxed);

@@ -259,7 +259,9 @@ fn apply(worker: &mut timely::worker::Worker, registry: &Registry, cfg: &RunConf
         Action::Cancel { id, savepoint } => {
             let Some(pos) = running.iter().position(|r| r.id == id) else { return };
             let Ok(mut job) = running[pos].job.lock() else { return };
-            if savepoint && job.job.has_checkpoints() {
+            // Decided from the job file, the same on every process (a process whose setup failed
+            // has no checkpointing of its own, but must take the same path as the others).
+            if savepoint && job.job.plan.spec.checkpoint.is_some() {
                 job.stop.store(true, SeqCst);
                 job.state = JobState::Stopping;
                 return;
