@@ -12,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -242,14 +242,12 @@ fn apply(worker: &mut timely::worker::Worker, registry: &Registry, cfg: &RunConf
         Action::Submit { id, name, text, restore } => {
             // The first local worker to get here sets the job up for the process.
             let job = {
-                let Ok(mut jobs) = registry.jobs.lock() else { return };
+                // A poisoned lock (a panic elsewhere) must not make this worker skip the build.
+                let mut jobs = registry.jobs.lock().unwrap_or_else(PoisonError::into_inner);
                 Arc::clone(jobs.entry(id.clone()).or_insert_with(|| Arc::new(Mutex::new(prepare(&id, &name, &text, restore, cfg)))))
             };
             let dataflow = worker.next_dataflow_index();
-            let prepared = match job.lock() {
-                Ok(j) => Arc::clone(&j.job),
-                Err(_) => return,
-            };
+            let prepared = Arc::clone(&job.lock().unwrap_or_else(PoisonError::into_inner).job);
             let probe = prepared.build(worker);
             if worker.index() == 0 {
                 tracing::info!(job = %id, name = %name, restore, "job running");
@@ -258,7 +256,7 @@ fn apply(worker: &mut timely::worker::Worker, registry: &Registry, cfg: &RunConf
         }
         Action::Cancel { id, savepoint } => {
             let Some(pos) = running.iter().position(|r| r.id == id) else { return };
-            let Ok(mut job) = running[pos].job.lock() else { return };
+            let mut job = running[pos].job.lock().unwrap_or_else(PoisonError::into_inner);
             // Decided from the job file, the same on every process (a process whose setup failed
             // has no checkpointing of its own, but must take the same path as the others).
             if savepoint && job.job.plan.spec.checkpoint.is_some() {
@@ -269,9 +267,7 @@ fn apply(worker: &mut timely::worker::Worker, registry: &Registry, cfg: &RunConf
             drop(job);
             let on = running.swap_remove(pos);
             worker.drop_dataflow(on.dataflow);
-            if let Ok(mut job) = on.job.lock() {
-                job.state = JobState::Cancelled;
-            }
+            on.job.lock().unwrap_or_else(PoisonError::into_inner).state = JobState::Cancelled;
             if worker.index() == 0 {
                 tracing::info!(job = %id, "job cancelled");
             }
@@ -311,7 +307,7 @@ fn prepare(id: &str, name: &str, text: &str, restore: bool, cfg: &RunConfig) -> 
 /// Looks after a job's dataflow on this worker after a step; false once this worker is done
 /// with it.
 fn poll(worker: &mut timely::worker::Worker, on: &OnWorker) -> bool {
-    let Ok(mut job) = on.job.lock() else { return false };
+    let mut job = on.job.lock().unwrap_or_else(PoisonError::into_inner);
     let progress = job.job.poll(&on.probe);
     if progress == Progress::Running {
         if job.state == JobState::Running && !job.job.shared.errors().is_empty() {
