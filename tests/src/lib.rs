@@ -150,3 +150,40 @@ impl Drop for ClickHouse {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `tenantflow run job.toml --workers 2 --quiet` in `dir` (with `TENANTFLOW_LOG=info`, so
+/// lifecycle lines such as "restored" show), SIGKILLs it after each of `delays_ms` and runs it
+/// again with `--restore latest`, until a run finishes (the last delay should outlast a run).
+/// Returns how often it was killed and the finishing run's stderr; panics if a run fails.
+pub fn run_with_kills(dir: &Path, delays_ms: &[u64]) -> (usize, String) {
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    // Every run before the finishing one was killed: the attempt number counts the kills.
+    for (attempt, &delay) in delays_ms.iter().enumerate() {
+        let mut cmd = std::process::Command::new(tenantflow_bin());
+        cmd.args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir).env("TENANTFLOW_LOG", "info");
+        if attempt > 0 {
+            cmd.args(["--restore", "latest"]);
+        }
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().expect("spawn tenantflow");
+        let deadline = Instant::now() + Duration::from_millis(delay);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                assert!(status.success(), "run {attempt} failed: {err}");
+                return (attempt, err);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        assert!(started.elapsed() < Duration::from_secs(120), "recovery did not finish");
+    }
+    panic!("the job was still running after the last delay");
+}

@@ -7,120 +7,34 @@ use std::process::Command;
 
 use tenantflow_tests::{tenantflow_bin, ClickHouse};
 
-fn job(dir: &std::path::Path, url: &str, table: &str, create: bool) -> String {
+/// What varies between the tests' jobs.
+struct Shape {
+    /// Source settings after `profile`.
+    source: &'static str,
+    window: &'static str,
+    create_table: bool,
+    checkpoints: bool,
+}
+
+/// Quick: 50k events, 1 minute windows.
+const QUICK: Shape = Shape { source: "events = 50000", window: "1m", create_table: true, checkpoints: false };
+/// Slow: 200k events at 50k/s, 2 s windows, small and frequent batches.
+const SLOW: Shape = Shape { source: "events = 200000\nrate = 50000", window: "2s", create_table: true, checkpoints: false };
+
+/// A windowed music job writing to a file and to ClickHouse `table`.
+fn job(dir: &std::path::Path, url: &str, table: &str, shape: Shape) -> String {
+    let checkpoint = if shape.checkpoints {
+        format!("[checkpoint]\ndir = \"{}/checkpoints\"\ninterval = \"150ms\"\n", dir.display())
+    } else {
+        String::new()
+    };
     format!(
         r#"
 name = "plays"
 [source]
 type = "generator"
 profile = "music"
-events = 50000
-tenants = 4
-
-[schema]
-tenant = "tenant_id"
-[schema.fields]
-tenant_id = "string"
-user_id = "string"
-event_type = "string"
-ts = "timestamp"
-
-[time]
-field = "ts"
-max_out_of_orderness = "5s"
-
-[[steps]]
-window = {{ type = "tumbling", size = "1m" }}
-key_by = ["event_type"]
-aggregates = {{ n = "count(*)", users = "count_distinct(user_id)" }}
-
-[[sinks]]
-type = "file"
-path = "{}/out.jsonl"
-
-[[sinks]]
-type = "clickhouse"
-url = "{url}"
-table = "{table}"
-create_table = {create}
-batch_rows = 500
-"#,
-        dir.display()
-    )
-}
-
-fn run(dir: &std::path::Path, text: &str) -> std::process::Output {
-    std::fs::write(dir.join("job.toml"), text).expect("write job");
-    Command::new(tenantflow_bin()).args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir).output().expect("run")
-}
-
-#[test]
-fn results_land_in_clickhouse_exactly_once() {
-    let ch = ClickHouse::start(22_000 + (std::process::id() % 300) as u16 * 4);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let d = dir.path();
-    let out = run(d, &job(d, &ch.url, "default.plays", true));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-
-    // The file sink's rows, as (tenant, event_type, window start in seconds, n, users).
-    let mut expected: Vec<String> = tenantflow_tests::read_jsonl(&d.join("out.jsonl"))
-        .iter()
-        .map(|r| {
-            let start = r["window_start"].as_str().unwrap_or("");
-            let secs = chrono_secs(start);
-            format!(
-                "{}\t{}\t{secs}\t{}\t{}",
-                r["tenant_id"].as_str().unwrap_or(""),
-                r["event_type"].as_str().unwrap_or(""),
-                r["n"],
-                r["users"]
-            )
-        })
-        .collect();
-    expected.sort();
-    assert!(expected.len() > 20, "too little output to compare");
-    let select = "SELECT tenant_id, event_type, toUnixTimestamp(window_start), n, users FROM default.plays FINAL ORDER BY tenant_id, event_type, window_start FORMAT TabSeparated";
-    let rows = |ch: &ClickHouse| {
-        let mut v: Vec<String> = ch.query(select).expect("select").lines().map(String::from).collect();
-        v.sort();
-        v
-    };
-    assert_eq!(rows(&ch), expected);
-
-    // The same results written again (as after a restore) replace themselves.
-    let out = run(d, &job(d, &ch.url, "default.plays", true));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(rows(&ch), expected);
-
-    // A table that does not fit the job is refused when the job starts, with the reason.
-    ch.query("CREATE TABLE default.other (x Int64) ENGINE = MergeTree() ORDER BY x").expect("create");
-    let out = run(d, &job(d, &ch.url, "default.other", false));
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("default.other") && err.contains("columns are (x Int64)"), "{err}");
-    let out = run(d, &job(d, &ch.url, "default.missing", false));
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC timestamp as the file sink writes it
-/// (`2026-01-01T00:01:00.000Z`).
-fn chrono_secs(s: &str) -> i64 {
-    tenantflow_core::time::parse_timestamp(s).map_or(-1, |us| us / 1_000_000)
-}
-
-/// A rate-limited job with checkpoints, writing to ClickHouse and to a file.
-fn slow_job(dir: &std::path::Path, url: &str, table: &str, checkpoints: bool) -> String {
-    let checkpoint =
-        if checkpoints { format!("[checkpoint]\ndir = \"{}/checkpoints\"\ninterval = \"150ms\"\n", dir.display()) } else { String::new() };
-    format!(
-        r#"
-name = "slow"
-[source]
-type = "generator"
-profile = "music"
-events = 200000
-rate = 50000
+{source}
 tenants = 4
 
 [schema]
@@ -136,26 +50,75 @@ field = "ts"
 max_out_of_orderness = "2s"
 
 [[steps]]
-window = {{ type = "tumbling", size = "2s" }}
+window = {{ type = "tumbling", size = "{window}" }}
 key_by = ["event_type"]
 aggregates = {{ n = "count(*)", users = "count_distinct(user_id)" }}
+
+[[sinks]]
+type = "file"
+path = "{dir}/out.jsonl"
 
 [[sinks]]
 type = "clickhouse"
 url = "{url}"
 table = "{table}"
-create_table = true
+create_table = {create}
 batch_rows = 200
 batch_interval = "100ms"
 
-[[sinks]]
-type = "file"
-path = "{}/out.jsonl"
-
 {checkpoint}
 "#,
-        dir.display()
+        source = shape.source,
+        window = shape.window,
+        dir = dir.display(),
+        create = shape.create_table,
     )
+}
+
+/// The file sink's rows as ClickHouse returns them in [`table_rows`], sorted.
+fn file_rows(dir: &std::path::Path) -> Vec<String> {
+    let mut rows: Vec<String> = tenantflow_tests::read_jsonl(&dir.join("out.jsonl"))
+        .iter()
+        .map(|r| {
+            let start = tenantflow_core::time::parse_timestamp(r["window_start"].as_str().unwrap_or("")).map_or(-1, |us| us / 1_000_000);
+            let (tenant, kind) = (r["tenant_id"].as_str().unwrap_or(""), r["event_type"].as_str().unwrap_or(""));
+            format!("{tenant}\t{kind}\t{start}\t{}\t{}", r["n"], r["users"])
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn run(dir: &std::path::Path, text: &str) -> std::process::Output {
+    std::fs::write(dir.join("job.toml"), text).expect("write job");
+    Command::new(tenantflow_bin()).args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir).output().expect("run")
+}
+
+#[test]
+fn results_land_in_clickhouse_exactly_once() {
+    let ch = ClickHouse::start(22_000 + (std::process::id() % 300) as u16 * 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let out = run(d, &job(d, &ch.url, "default.plays", QUICK));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = file_rows(d);
+    assert!(expected.len() > 20, "too little output to compare");
+    assert_eq!(table_rows(&ch, "default.plays"), expected);
+
+    // The same results written again (as after a restore) replace themselves.
+    let out = run(d, &job(d, &ch.url, "default.plays", QUICK));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(table_rows(&ch, "default.plays"), expected);
+
+    // A table that does not fit the job is refused when the job starts, with the reason.
+    ch.query("CREATE TABLE default.other (x Int64) ENGINE = MergeTree() ORDER BY x").expect("create");
+    let out = run(d, &job(d, &ch.url, "default.other", Shape { create_table: false, ..QUICK }));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("default.other") && err.contains("columns are (x Int64)"), "{err}");
+    let out = run(d, &job(d, &ch.url, "default.missing", Shape { create_table: false, ..QUICK }));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn table_rows(ch: &ClickHouse, table: &str) -> Vec<String> {
@@ -169,43 +132,17 @@ fn table_rows(ch: &ClickHouse, table: &str) -> Vec<String> {
 /// ClickHouse exactly the results of a crash-free run (`FINAL` folds rows written twice).
 #[test]
 fn killed_and_restored_runs_leave_exactly_the_crash_free_results() {
-    use std::time::{Duration, Instant};
     let ch = ClickHouse::start(22_000 + (std::process::id() % 300) as u16 * 4 + 1_200);
     let reference = tempfile::tempdir().expect("tempdir");
-    let out = run(reference.path(), &slow_job(reference.path(), &ch.url, "default.reference", false));
+    let out = run(reference.path(), &job(reference.path(), &ch.url, "default.reference", SLOW));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let expected = table_rows(&ch, "default.reference");
     assert!(expected.len() > 50, "too little output to compare");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    std::fs::write(d.join("job.toml"), slow_job(d, &ch.url, "default.crashed", true)).expect("write job");
-    let mut kills = 0;
-    for (attempt, delay_ms) in [900u64, 600, 1100, 500, 60_000].into_iter().enumerate() {
-        let mut cmd = Command::new(tenantflow_bin());
-        cmd.args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(d);
-        if attempt > 0 {
-            cmd.args(["--restore", "latest"]);
-        }
-        let mut child = cmd.spawn().expect("spawn");
-        let deadline = Instant::now() + Duration::from_millis(delay_ms);
-        let done = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                assert!(status.success(), "run {attempt} failed");
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if done {
-            break;
-        }
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-        kills += 1;
-    }
+    std::fs::write(d.join("job.toml"), job(d, &ch.url, "default.crashed", Shape { checkpoints: true, ..SLOW })).expect("write job");
+    let (kills, _) = tenantflow_tests::run_with_kills(d, &[900, 600, 1100, 500, 60_000]);
     assert!(kills >= 3, "the job finished before it could be killed enough ({kills} kills)");
     assert_eq!(table_rows(&ch, "default.crashed"), expected, "ClickHouse results after {kills} kills differ from a crash-free run");
 }
@@ -218,7 +155,7 @@ fn a_clickhouse_outage_makes_the_job_wait_and_loses_nothing() {
     let mut ch = ClickHouse::start(22_000 + (std::process::id() % 300) as u16 * 4 + 2_400);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    std::fs::write(d.join("job.toml"), slow_job(d, &ch.url, "default.outage", false)).expect("write job");
+    std::fs::write(d.join("job.toml"), job(d, &ch.url, "default.outage", SLOW)).expect("write job");
     let mut child = Command::new(tenantflow_bin())
         .args(["run", "job.toml", "--workers", "2", "--quiet"])
         .current_dir(d)
@@ -239,20 +176,7 @@ fn a_clickhouse_outage_makes_the_job_wait_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
-    let mut expected: Vec<String> = tenantflow_tests::read_jsonl(&d.join("out.jsonl"))
-        .iter()
-        .map(|r| {
-            format!(
-                "{}\t{}\t{}\t{}\t{}",
-                r["tenant_id"].as_str().unwrap_or(""),
-                r["event_type"].as_str().unwrap_or(""),
-                chrono_secs(r["window_start"].as_str().unwrap_or("")),
-                r["n"],
-                r["users"]
-            )
-        })
-        .collect();
-    expected.sort();
+    let expected = file_rows(d);
     assert!(expected.len() > 50, "too little output to compare");
     assert_eq!(table_rows(&ch, "default.outage"), expected);
 }

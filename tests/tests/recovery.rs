@@ -4,9 +4,9 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tenantflow_tests::tenantflow_bin;
+use tenantflow_tests::{run_with_kills, tenantflow_bin};
 
 fn job(dir: &Path, checkpoints: bool) -> String {
     let checkpoint = if checkpoints {
@@ -90,36 +90,9 @@ fn killed_and_restored_runs_match_a_crash_free_run() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("job.toml"), job(dir.path(), true)).expect("write job");
-    let started = Instant::now();
-    let mut kills = 0;
-    // Kill points spread over the run (it takes about 3 s uninterrupted).
-    let delays_ms = [700u64, 450, 900, 300, 1100, 600];
-    for attempt in 0.. {
-        let mut child = spawn(dir.path(), attempt > 0);
-        let deadline = Instant::now() + Duration::from_millis(delays_ms.get(attempt).copied().unwrap_or(60_000));
-        let finished = loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
-                assert!(status.success(), "run {attempt} failed: {err}");
-                assert!(err.contains("restored"), "the last run did not resume from a checkpoint: {err}");
-                break true;
-            }
-            if Instant::now() >= deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if finished {
-            break;
-        }
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-        kills += 1;
-        assert!(started.elapsed() < Duration::from_secs(120), "recovery did not finish");
-    }
+    // Kill points spread over the run (it takes about 3 s uninterrupted); the last run finishes.
+    let (kills, err) = run_with_kills(dir.path(), &[700, 450, 900, 300, 1100, 600, 60_000]);
+    assert!(err.contains("restored"), "the last run did not resume from a checkpoint: {err}");
     assert!(kills >= 3, "the job finished before it could be killed enough ({kills} kills)");
 
     let got = std::fs::read_to_string(dir.path().join("out.jsonl")).expect("output");
