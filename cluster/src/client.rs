@@ -28,13 +28,15 @@ impl Client {
         Client { base: base.trim_end_matches('/').to_string(), agent: config.into() }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+    /// Calls the API; `query` pairs are percent-encoded by ureq.
+    fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<String>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
+        let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            (_, Some(b)) => self.agent.post(&url).content_type("application/toml").send(b),
-            (_, None) => self.agent.post(&url).send_empty(),
+            ("GET", _) => self.agent.get(&url).query_pairs(pairs).call(),
+            ("DELETE", _) => self.agent.delete(&url).query_pairs(pairs).call(),
+            (_, Some(b)) => self.agent.post(&url).query_pairs(pairs).content_type("application/toml").send(b),
+            (_, None) => self.agent.post(&url).query_pairs(pairs).send_empty(),
         };
         let mut response =
             response.with_context(|| format!("cannot reach the tenantflow API at {} (is the cluster running? see --api)", self.base))?;
@@ -51,8 +53,7 @@ impl Client {
     pub fn submit(&self, file: &Path, restore: bool, output: Output) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let name = file.display().to_string();
-        let path = format!("/api/v1/jobs?file={}&restore={restore}", encode(&name));
-        let job = self.call("POST", &path, Some(text))?;
+        let job = self.call("POST", "/api/v1/jobs", &[("file", name), ("restore", restore.to_string())], Some(text))?;
         match output {
             Output::Json => println!("{job}"),
             Output::Table => println!("submitted {} ({})", job["id"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?")),
@@ -61,7 +62,7 @@ impl Client {
     }
 
     pub fn list(&self, output: Output) -> anyhow::Result<()> {
-        let jobs = self.call("GET", "/api/v1/jobs", None)?;
+        let jobs = self.call("GET", "/api/v1/jobs", &[], None)?;
         match output {
             Output::Json => println!("{jobs}"),
             Output::Table => {
@@ -83,7 +84,7 @@ impl Client {
     }
 
     pub fn describe(&self, id: &str, output: Output) -> anyhow::Result<()> {
-        let job = self.call("GET", &format!("/api/v1/jobs/{}", encode(id)), None)?;
+        let job = self.call("GET", &job_path(id)?, &[], None)?;
         match output {
             Output::Json => println!("{job}"),
             Output::Table => print_fields(&job),
@@ -92,7 +93,7 @@ impl Client {
     }
 
     pub fn cancel(&self, id: &str, savepoint: bool, output: Output) -> anyhow::Result<()> {
-        let job = self.call("DELETE", &format!("/api/v1/jobs/{}?savepoint={savepoint}", encode(id)), None)?;
+        let job = self.call("DELETE", &job_path(id)?, &[("savepoint", savepoint.to_string())], None)?;
         match output {
             Output::Json => println!("{job}"),
             Output::Table => println!("cancelling {}{}", id, if savepoint { " with a savepoint" } else { "" }),
@@ -101,7 +102,7 @@ impl Client {
     }
 
     pub fn cluster_status(&self, output: Output) -> anyhow::Result<()> {
-        let status = self.call("GET", "/api/v1/cluster", None)?;
+        let status = self.call("GET", "/api/v1/cluster", &[], None)?;
         match output {
             Output::Json => println!("{status}"),
             Output::Table => print_fields(&status),
@@ -110,7 +111,7 @@ impl Client {
     }
 
     pub fn cluster_stop(&self, output: Output) -> anyhow::Result<()> {
-        let answer = self.call("POST", "/api/v1/cluster/stop", None)?;
+        let answer = self.call("POST", "/api/v1/cluster/stop", &[], None)?;
         match output {
             Output::Json => println!("{answer}"),
             Output::Table => println!("stopping the cluster"),
@@ -132,12 +133,11 @@ fn print_fields(v: &Value) {
     }
 }
 
-/// Percent-encodes a query or path component.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// A job's API path. Job ids are `<name>-<n>` made of letters, digits, `-`, `_` and `.`, so
+/// anything else cannot name a job.
+fn job_path(id: &str) -> anyhow::Result<String> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        bail!("`{id}` is not a job id (see `tenantflow job list`)");
+    }
+    Ok(format!("/api/v1/jobs/{id}"))
 }

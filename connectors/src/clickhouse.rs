@@ -165,8 +165,8 @@ impl ClickHouseSink {
             )));
         }
         let insert = format!("INSERT INTO {} FORMAT RowBinary", spec.table);
-        let insert_url = format!("{}/?query={}", spec.url, encode_query(&insert));
-        let sender = Sender::start(agent, insert_url, spec.table.clone()).map_err(|e| err("starting the sender", e.to_string()))?;
+        let sender =
+            Sender::start(agent, spec.url.clone(), insert, spec.table.clone()).map_err(|e| err("starting the sender", e.to_string()))?;
         Ok(ClickHouseSink {
             spec: spec.clone(),
             fields: fields.to_vec(),
@@ -219,7 +219,8 @@ struct Sender {
 }
 
 impl Sender {
-    fn start(agent: ureq::Agent, url: String, table: String) -> io::Result<Sender> {
+    /// Inserts with `insert` (the INSERT statement) as the `query` parameter of `url`.
+    fn start(agent: ureq::Agent, url: String, insert: String, table: String) -> io::Result<Sender> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(IN_FLIGHT);
         let retries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
@@ -230,7 +231,7 @@ impl Sender {
             for job in rx {
                 match job {
                     Job::Batch(body) if first_failure().is_none() => {
-                        if let Err(e) = insert(&agent, &url, &table, &body, &counter, &stop) {
+                        if let Err(e) = insert_batch(&agent, &url, &insert, &table, &body, &counter, &stop) {
                             if let Ok(mut f) = failure.lock() {
                                 f.get_or_insert(e);
                             }
@@ -280,9 +281,10 @@ impl Drop for Sender {
 }
 
 /// One batch into the table, retried until ClickHouse takes it or refuses it.
-fn insert(
+fn insert_batch(
     agent: &ureq::Agent,
     url: &str,
+    insert: &str,
     table: &str,
     body: &[u8],
     retries: &std::sync::atomic::AtomicU64,
@@ -293,7 +295,7 @@ fn insert(
         if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(format!("clickhouse insert into {table}: the sink was closed while retrying"));
         }
-        let outcome = match agent.post(url).send(body) {
+        let outcome = match agent.post(url).query("query", insert).send(body) {
             Ok(r) if r.status().is_success() => return Ok(()),
             Ok(mut r) if r.status().is_server_error() => {
                 format!("HTTP {}: {}", r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default().trim())
@@ -316,15 +318,6 @@ fn insert(
 fn jitter_unit() -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     (nanos % 1000) as f64 / 1000.0
-}
-
-fn encode_query(q: &str) -> String {
-    q.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 impl Sink for ClickHouseSink {

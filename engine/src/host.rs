@@ -292,7 +292,7 @@ fn prepare(id: &str, name: &str, text: &str, restore: bool, cfg: &RunConfig) -> 
             Prepared::failed(plan, &cfg, e.to_string())
         }
     };
-    let state = if job.shared.errors().is_empty() { JobState::Running } else { JobState::Failed };
+    let state = if job.shared.has_errors() { JobState::Failed } else { JobState::Running };
     HostedJob {
         id: id.to_string(),
         name: name.to_string(),
@@ -310,7 +310,7 @@ fn poll(worker: &mut timely::worker::Worker, on: &OnWorker) -> bool {
     let mut job = on.job.lock().unwrap_or_else(PoisonError::into_inner);
     let progress = job.job.poll(&on.probe);
     if progress == Progress::Running {
-        if job.state == JobState::Running && !job.job.shared.errors().is_empty() {
+        if job.state == JobState::Running && job.job.shared.has_errors() {
             job.state = JobState::Failed;
             tracing::error!(job = %on.id, errors = ?job.job.shared.errors(), "job failed");
         }
@@ -322,7 +322,7 @@ fn poll(worker: &mut timely::worker::Worker, on: &OnWorker) -> bool {
     let local = job.job.shared.watermarks.len();
     if job.workers_done.fetch_add(1, SeqCst) + 1 == local {
         job.state = match progress {
-            _ if !job.job.shared.errors().is_empty() => JobState::Failed,
+            _ if job.job.shared.has_errors() => JobState::Failed,
             Progress::Savepointed => JobState::Savepointed,
             _ => JobState::Finished,
         };

@@ -177,6 +177,11 @@ impl Shared {
         }
     }
 
+    /// Whether any error was reported (checked every step: no copy of the messages).
+    pub fn has_errors(&self) -> bool {
+        self.errors.lock().is_ok_and(|e| !e.is_empty())
+    }
+
     pub fn errors(&self) -> Vec<String> {
         self.errors.lock().map(|e| e.clone()).unwrap_or_default()
     }
