@@ -77,7 +77,6 @@ pub fn run(s: &Supervise, log_json: bool) -> anyhow::Result<std::process::ExitCo
         })
         .collect();
     // For a Prometheus scrape configuration.
-    std::fs::write(s.data_dir.join("metrics-targets"), metrics.join("\n") + "\n")?;
     let file_sd = serde_json::json!([{"targets": metrics, "labels": {"cluster": "tenantflow"}}]);
     std::fs::write(s.data_dir.join("metrics-targets.json"), serde_json::to_vec_pretty(&file_sd)?)?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -111,6 +111,13 @@ impl Cluster {
         Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// The processes' metrics addresses, from the supervisor's file_sd file for Prometheus.
+    fn metrics_targets(&self) -> Vec<String> {
+        let sd: Value =
+            serde_json::from_slice(&std::fs::read(self.data.join("metrics-targets.json")).expect("metrics targets")).expect("JSON");
+        sd[0]["targets"].as_array().expect("targets").iter().filter_map(|t| t.as_str().map(String::from)).collect()
+    }
+
     /// Waits for the supervisor to exit.
     fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
@@ -208,9 +215,8 @@ fn submitted_jobs_match_a_single_process_run_and_survive_a_killed_process() {
         cluster.cli(&["job", "describe", &id])["events_in"].as_u64() == Some(100_000)
     });
     // Each process exports its share in the Prometheus format.
-    let targets = std::fs::read_to_string(cluster.data.join("metrics-targets")).expect("metrics targets");
     let mut scraped = 0;
-    for target in targets.lines() {
+    for target in cluster.metrics_targets() {
         let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
         let text = agent.get(format!("http://{target}/metrics")).call().expect("scrape").body_mut().read_to_string().expect("body");
         assert!(text.contains("# TYPE tenantflow_events_in_total counter"), "{text}");
@@ -342,8 +348,8 @@ fn three_processes_on_distinct_addresses_match_one_process() {
     let d = dir.path();
     let cluster = Cluster::start_with(d, 2, 3, true, &[]);
     assert_eq!(cluster.cli(&["cluster", "status"])["workers"], 3);
-    let targets = std::fs::read_to_string(cluster.data.join("metrics-targets")).expect("metrics targets");
-    assert_eq!(targets.lines().map(|t| t.split(':').next().unwrap_or("")).collect::<Vec<_>>(), ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
+    let hosts: Vec<String> = cluster.metrics_targets().iter().map(|t| t.split(':').next().unwrap_or("").to_string()).collect();
+    assert_eq!(hosts, ["127.0.0.1", "127.0.0.2", "127.0.0.3"]);
     std::fs::write(d.join("plays.toml"), job("plays", &d.join("plays.jsonl"), 150_000, "")).expect("write job");
     let id = cluster.cli(&["job", "submit", &d.join("plays.toml").display().to_string()])["id"].as_str().expect("id").to_string();
     cluster.wait_state(&id, "finished", Duration::from_secs(60));
