@@ -293,16 +293,9 @@ fn cancel_and_api_errors() {
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
     assert!(before >= 1);
 
-    // One JSON log line per lifecycle event.
-    let log = std::fs::read_to_string(d.join("cluster.log")).expect("log");
-    let events: Vec<(String, String)> = log
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
-        .map(|v| (v["fields"]["message"].as_str().unwrap_or("").to_string(), v["fields"]["job"].as_str().unwrap_or("").to_string()))
-        .collect();
-    let has = |message: &str, job: &str| events.iter().any(|(m, j)| m == message && j == job);
-    for (message, job) in [
+    // One JSON log line per lifecycle event. The API may report a state a moment before the
+    // worker logs it: look again until every line is there (or 10 s have passed).
+    let expected = [
         ("job submitted", a.as_str()),
         ("job running", a.as_str()),
         ("job cancelled", a.as_str()),
@@ -310,7 +303,28 @@ fn cancel_and_api_errors() {
         ("job ended", b.as_str()),
         ("restored", "b"),
         ("job running", b2.as_str()),
-    ] {
+    ];
+    let read_log = || {
+        let log = std::fs::read_to_string(d.join("cluster.log")).expect("log");
+        let events: Vec<(String, String)> = log
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+            .map(|v| (v["fields"]["message"].as_str().unwrap_or("").to_string(), v["fields"]["job"].as_str().unwrap_or("").to_string()))
+            .collect();
+        (log, events)
+    };
+    let start = Instant::now();
+    let (log, events) = loop {
+        let (log, events) = read_log();
+        let complete = expected.iter().all(|(m, j)| events.iter().any(|(em, ej)| em == m && ej == j));
+        if complete || start.elapsed() > Duration::from_secs(10) {
+            break (log, events);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let has = |message: &str, job: &str| events.iter().any(|(m, j)| m == message && j == job);
+    for (message, job) in expected {
         assert!(has(message, job), "no `{message}` line for job {job} in the log:\n{log}");
     }
 
