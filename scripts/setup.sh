@@ -2,7 +2,7 @@
 # Installs what building and testing need on a fresh Debian machine (run as root): rustfmt and
 # clippy for the Rust toolchain, OpenSSL headers and pkg-config (librdkafka is built with TLS
 # and SASL), Debian's kcat (an external Kafka client for the Kafka tests), Prometheus (the
-# dashboards test evaluates every Grafana query against it) and ClickHouse (the sink's tests).
+# dashboards test evaluates every Grafana query against it) ClickHouse and Redis (the sinks' tests).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -19,6 +19,7 @@ missing=()
 command -v kcat >/dev/null 2>&1 || missing+=(kcat)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ -x /usr/sbin/clickhouse-server ] || missing+=(clickhouse-server clickhouse-client)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
 if [ ${#missing[@]} -gt 0 ]; then

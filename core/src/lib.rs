@@ -4,6 +4,7 @@
 //! Everything here is independent of the dataflow runtime, so `tenantflow validate` and the
 //! operators share one definition of what a job means.
 
+pub mod alerting;
 pub mod expr;
 pub mod job;
 pub mod plan;
