@@ -1,4 +1,5 @@
-//! Sources and sinks: where rows enter and leave a job (generator, files, stdin, Kafka).
+//! Sources and sinks: where rows enter and leave a job (generator, files, stdin, Kafka;
+//! ClickHouse and Redis as sinks).
 //!
 //! Sources fill a [`Batch`] of typed rows (bad records become [`DeadLetter`]s, never errors that
 //! stop the job); sinks write finished rows. Each worker owns its own source instance and reads
@@ -8,6 +9,7 @@ pub mod clickhouse;
 pub mod generator;
 pub mod json;
 pub mod kafka;
+pub mod redis;
 pub mod sink;
 pub mod source;
 

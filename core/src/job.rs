@@ -165,6 +165,45 @@ pub struct ClickHouseSinkSpec {
     pub batch_interval: i64,
 }
 
+/// Rows to Redis (see `connectors::redis` for the commands each mode sends).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSinkSpec {
+    /// `redis://[user:password@]host:port[/db]`
+    pub url: String,
+    pub mode: RedisMode,
+    /// The key template (the channel for `pubsub`); it must contain the tenant field.
+    pub key: Located<String>,
+    /// `hash` and `stream`: the fields written (all output fields when unset).
+    pub fields: Option<Vec<Located<String>>>,
+    /// `counter`: the increment; `leaderboard`: the score.
+    pub value: Option<Located<String>>,
+    /// `counter`: a hash field template (HINCRBY); unset increments the key itself (INCRBY).
+    pub hash_field: Option<Located<String>>,
+    /// `leaderboard`: the member template.
+    pub member: Option<Located<String>>,
+    /// `leaderboard`: add the score to the member's (ZINCRBY) or replace it (ZADD).
+    pub increment: bool,
+    /// `leaderboard`: keep only the best N members.
+    pub keep_top: Option<u64>,
+    /// `stream`: approximate cap on the stream's length (XADD MAXLEN ~).
+    pub max_len: Option<u64>,
+    /// Expiry set on every key written (µs).
+    pub ttl: Option<i64>,
+    /// A write goes out once it holds this many rows ...
+    pub batch_rows: usize,
+    /// ... or once its oldest row waited this long (µs).
+    pub batch_interval: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    Hash,
+    Counter,
+    Leaderboard,
+    Stream,
+    PubSub,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GeneratorProfile {
     /// Music-streaming events (plays, skips, likes, ...).
@@ -297,6 +336,8 @@ pub enum SinkSpec {
     Discard { delay_per_row: f64 },
     /// Rows to a ClickHouse table, idempotently (see `connectors::clickhouse`).
     ClickHouse(ClickHouseSinkSpec),
+    /// Rows to Redis: hashes, counters, leaderboards, streams or pub/sub (see `connectors::redis`).
+    Redis(Box<RedisSinkSpec>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1085,9 +1126,18 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
         Kafka,
         Discard,
         ClickHouse,
+        Redis,
     }
-    let kinds = [("stdout", K::Stdout), ("file", K::File), ("kafka", K::Kafka), ("discard", K::Discard), ("clickhouse", K::ClickHouse)];
+    let kinds = [
+        ("stdout", K::Stdout),
+        ("file", K::File),
+        ("kafka", K::Kafka),
+        ("discard", K::Discard),
+        ("clickhouse", K::ClickHouse),
+        ("redis", K::Redis),
+    ];
     match t.choice(cx, "type", &kinds, None)? {
+        K::Redis => read_redis_sink(cx, t).map(|r| SinkSpec::Redis(Box::new(r))),
         K::ClickHouse => {
             t.check_keys(cx, &["type", "url", "table", "create_table", "batch_rows", "batch_interval"]);
             let url = t.required_string(cx, "url", "ClickHouse's HTTP address, e.g. \"http://127.0.0.1:8123\"")?;
@@ -1152,4 +1202,83 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
             Some(SinkSpec::Discard { delay_per_row: delay })
         }
     }
+}
+
+fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
+    t.check_keys(
+        cx,
+        &[
+            "type",
+            "url",
+            "mode",
+            "key",
+            "channel",
+            "fields",
+            "value",
+            "hash_field",
+            "member",
+            "update",
+            "keep_top",
+            "max_len",
+            "ttl",
+            "batch_rows",
+            "batch_interval",
+        ],
+    );
+    let url = t.required_string(cx, "url", "Redis's address, e.g. \"redis://127.0.0.1:6379\"")?;
+    if !(url.value.starts_with("redis://") || url.value.starts_with("rediss://")) {
+        cx.err(&url.span, &url.key, format!("expected a redis:// or rediss:// URL, found \"{}\"", url.value));
+        return None;
+    }
+    let modes = [
+        ("hash", RedisMode::Hash),
+        ("counter", RedisMode::Counter),
+        ("leaderboard", RedisMode::Leaderboard),
+        ("stream", RedisMode::Stream),
+        ("pubsub", RedisMode::PubSub),
+    ];
+    let mode = t.choice(cx, "mode", &modes, None)?;
+    let key_name = if mode == RedisMode::PubSub { "channel" } else { "key" };
+    let key = t.required_string(cx, key_name, "a template naming the tenant field, e.g. \"tf:{tenant_id}:plays:{track_id}\"")?;
+    // Options that only mean something in another mode are mistakes, not no-ops.
+    let allowed: &[&str] = match mode {
+        RedisMode::Hash => &["fields"],
+        RedisMode::Counter => &["value", "hash_field"],
+        RedisMode::Leaderboard => &["value", "member", "update", "keep_top"],
+        RedisMode::Stream => &["fields", "max_len"],
+        RedisMode::PubSub => &["fields"],
+    };
+    for k in ["fields", "value", "hash_field", "member", "update", "keep_top", "max_len"] {
+        if let (Some(v), false) = (t.get(k), allowed.contains(&k)) {
+            cx.err(
+                &v.span(),
+                &t.key(k),
+                format!("`{k}` does not apply to mode \"{}\"", modes.iter().find(|(_, m)| *m == mode).map_or("", |(n, _)| n)),
+            );
+        }
+    }
+    let value = t.string(cx, "value");
+    if matches!(mode, RedisMode::Counter | RedisMode::Leaderboard) && value.is_none() && t.get("value").is_none() {
+        t.missing(cx, "value", "the numeric output field to add (counter) or to rank by (leaderboard)");
+    }
+    let member = t.string(cx, "member");
+    if mode == RedisMode::Leaderboard && member.is_none() && t.get("member").is_none() {
+        t.missing(cx, "member", "a template for the ranked member, e.g. \"{track_id}\"");
+    }
+    let increment = t.choice(cx, "update", &[("increment", true), ("set", false)], Some(true))?;
+    Some(RedisSinkSpec {
+        url: url.value,
+        mode,
+        key,
+        fields: t.string_list(cx, "fields"),
+        value,
+        hash_field: t.string(cx, "hash_field"),
+        member,
+        increment,
+        keep_top: t.int(cx, "keep_top", 1).map(|n| n as u64),
+        max_len: t.int(cx, "max_len", 1).map(|n| n as u64),
+        ttl: t.duration(cx, "ttl").filter(|&d| d > 0),
+        batch_rows: t.int(cx, "batch_rows", 1).unwrap_or(10_000) as usize,
+        batch_interval: t.duration(cx, "batch_interval").unwrap_or(100_000),
+    })
 }

@@ -9,6 +9,7 @@ pub mod expr;
 pub mod job;
 pub mod plan;
 pub mod schema;
+pub mod template;
 pub mod time;
 pub mod value;
 

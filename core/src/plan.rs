@@ -7,6 +7,7 @@ use sqlparser::ast::{DuplicateTreatment, Expr as Ast, FunctionArg, FunctionArgEx
 use crate::expr::{self, CompiledExpr, ExprError};
 use crate::job::{self, JobError, JobErrors, JobSpec, Located, Step, TimeMode, WindowKind};
 use crate::schema::Schema;
+use crate::template::Template;
 use crate::value::{DataType, Value};
 
 /// A validated job, ready to be turned into a dataflow.
@@ -160,6 +161,36 @@ impl V<'_> {
             self.at(loc, format!("unknown field `{}` (expected one of: {})", loc.value, schema.names().join(", ")));
         }
         found
+    }
+
+    fn template(&mut self, loc: &Located<String>, schema: &Schema) -> Option<Template> {
+        let checked = Template::parse(&loc.value).and_then(|t| t.check(schema).map(|()| t));
+        checked.map_err(|e| self.at(loc, e)).ok()
+    }
+
+    /// Redis sinks: templates name output fields, keys are namespaced by the tenant, values
+    /// are numbers.
+    fn redis_sink(&mut self, r: &job::RedisSinkSpec, output: &Schema, tenant: &str) {
+        if let Some(key) = self.template(&r.key, output) {
+            if !key.fields().any(|f| f == tenant) {
+                self.at(
+                    &r.key,
+                    format!("the key must contain the tenant field, e.g. \"tf:{{{tenant}}}:...\", so tenants never share keys"),
+                );
+            }
+        }
+        for t in [&r.hash_field, &r.member].into_iter().flatten() {
+            self.template(t, output);
+        }
+        if let Some(value) = &r.value {
+            match self.field(output, value) {
+                Some((_, DataType::Int | DataType::Float)) | None => {}
+                Some((_, t)) => self.at(value, format!("type error: `value` must be an int or float field, found {t}")),
+            }
+        }
+        for f in r.fields.iter().flatten() {
+            self.field(output, f);
+        }
     }
 
     /// Checks the stateless steps in `steps`, updating `schema` and `width`.
@@ -440,6 +471,12 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
         }
         None => (None, Vec::new(), pre_schema.clone(), width),
     };
+
+    for sink in &spec.sinks {
+        if let job::SinkSpec::Redis(r) = sink {
+            v.redis_sink(r, &output, &spec.schema.tenant.value);
+        }
+    }
 
     if !v.errors.is_empty() {
         return Err(JobErrors(v.errors));

@@ -514,6 +514,12 @@ fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>) -> V
                     Err(e) => shared.error(format!("clickhouse sink: {e}")),
                 }
             }
+            SinkSpec::Redis(r) => {
+                match tenantflow_connectors::redis::RedisSink::open(r, plan.output.fields(), &plan.spec.name, i, resume.is_some()) {
+                    Ok(s) => sinks.push(Box::new(s)),
+                    Err(e) => shared.error(format!("redis sink: {e}")),
+                }
+            }
             SinkSpec::Discard { delay_per_row: 0.0 } => {}
             SinkSpec::Discard { delay_per_row } => sinks.push(Box::new(Discard::new(*delay_per_row))),
         }

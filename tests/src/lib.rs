@@ -151,6 +151,78 @@ impl Drop for ClickHouse {
     }
 }
 
+/// A Redis server (Debian's `redis-server`) in a temporary directory with an append-only file
+/// synced on every write, so its data survives [`Redis::stop`] and [`Redis::restart`]; stopped
+/// by PID when dropped.
+pub struct Redis {
+    child: std::process::Child,
+    port: u16,
+    pub url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Redis {
+        assert!(Path::new("/usr/bin/redis-server").exists(), "redis-server is missing: scripts/setup.sh installs it");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Self::spawn(dir.path(), port);
+        let r = Redis { child, port, url: format!("redis://127.0.0.1:{port}"), dir };
+        r.wait_ready();
+        r
+    }
+
+    fn spawn(dir: &Path, port: u16) -> std::process::Child {
+        std::process::Command::new("/usr/bin/redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server")
+    }
+
+    fn wait_ready(&self) {
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(mut c) = self.try_connect() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return;
+                }
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "redis did not answer within 20 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn try_connect(&self) -> redis::RedisResult<redis::Connection> {
+        redis::Client::open(self.url.as_str())?.get_connection()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.try_connect().expect("connect to redis")
+    }
+
+    /// Stops the server (SIGTERM, waits); its data stays for [`Redis::restart`].
+    pub fn stop(&mut self) {
+        // SAFETY: signalling our own child; SIGTERM lets it shut down cleanly.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same data and port.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(self.dir.path(), self.port);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Runs `tenantflow run job.toml --workers 2 --quiet` in `dir` (with `TENANTFLOW_LOG=info`, so
 /// lifecycle lines such as "restored" show), SIGKILLs it after each of `delays_ms` and runs it
 /// again with `--restore latest`, until a run finishes (the last delay should outlast a run).

@@ -1,0 +1,456 @@
+//! The Redis sink: rows as hashes, counters, sorted-set leaderboards, streams or pub/sub
+//! messages, written in pipelined `MULTI`/`EXEC` transactions over one async connection.
+//!
+//! | mode | per row |
+//! | --- | --- |
+//! | `hash` | `HSET key field value ...` (null fields are left out) |
+//! | `counter` | `INCRBY key value` (`INCRBYFLOAT` for floats), or `HINCRBY key hash_field value` |
+//! | `leaderboard` | `ZINCRBY key score member` (`update = "set"`: `ZADD`), then `ZREMRANGEBYRANK` with `keep_top` |
+//! | `stream` | `XADD key [MAXLEN ~ n] * field value ...` |
+//! | `pubsub` | `PUBLISH channel <row as JSON>` |
+//!
+//! and `EXPIRE key ttl` after each when `ttl` is set. Keys are templates that must name the
+//! tenant field, so tenants never share a key.
+//!
+//! Exactly once, also for increments and streams that are not idempotent by themselves: each
+//! transaction also sets a marker key (`tenantflow:sink:<job>:<sink index>`) to how far the
+//! output went, as (Timely timestamp, rows of that timestamp). A timestamp's rows come sorted
+//! and are the same in every run (see docs/ARCHITECTURE.md, Determinism), so after a restore
+//! the sink skips rows up to the marker, and a transaction retried after a lost reply is skipped
+//! when the marker shows it was applied. A job started without restore deletes the marker.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tenantflow_core::job::{RedisMode, RedisSinkSpec};
+use tenantflow_core::template::{BoundTemplate, Template};
+use tenantflow_core::{time, DataType, Value};
+
+use crate::sink::{row_to_json, Sink};
+use crate::ConnectorError;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Large pipelines take longer than redis-rs's default 500 ms response timeout.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How far the output went: all rows of earlier timestamps, and the first `.1` rows of `.0`.
+type Marker = (u64, u64);
+
+pub struct RedisSink {
+    spec: RedisSinkSpec,
+    names: Vec<String>,
+    key: BoundTemplate,
+    hash_field: Option<BoundTemplate>,
+    member: Option<BoundTemplate>,
+    value: Option<(usize, DataType)>,
+    /// (name, row position) of the fields a hash or stream entry holds.
+    fields: Vec<(String, usize)>,
+    marker_key: String,
+    /// Rows at or before this marker were written before a restore: skipped.
+    skip_through: Option<Marker>,
+    pipe: redis::Pipeline,
+    rows: usize,
+    since: Option<Instant>,
+    time: u64,
+    index: u64,
+    key_buf: String,
+    aux_buf: String,
+    sender: Sender,
+}
+
+impl RedisSink {
+    /// Connects and, when `restoring`, reads how far a previous run wrote; otherwise starts the
+    /// output afresh. Configuration errors (bad URL, refused password, unknown field) surface
+    /// here, when the job starts.
+    pub fn open(
+        spec: &RedisSinkSpec,
+        fields: &[(String, DataType)],
+        job: &str,
+        sink_index: usize,
+        restoring: bool,
+    ) -> Result<RedisSink, ConnectorError> {
+        let err = |e: String| ConnectorError::Sink(format!("redis {}: {e}", redact(&spec.url)));
+        let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
+        let bind = |t: &tenantflow_core::job::Located<String>| Template::parse(&t.value).and_then(|p| p.bind(&names)).map_err(&err);
+        let key = bind(&spec.key)?;
+        let hash_field = spec.hash_field.as_ref().map(bind).transpose()?;
+        let member = spec.member.as_ref().map(bind).transpose()?;
+        let position = |n: &str| names.iter().position(|m| *m == n).ok_or_else(|| err(format!("unknown field `{n}`")));
+        let value = match &spec.value {
+            Some(v) => {
+                let p = position(&v.value)?;
+                Some((p, fields[p].1))
+            }
+            None => None,
+        };
+        let chosen: Vec<String> = match &spec.fields {
+            Some(list) => list.iter().map(|f| f.value.clone()).collect(),
+            None => names.iter().map(|n| n.to_string()).collect(),
+        };
+        let fields = chosen.into_iter().map(|n| position(&n).map(|p| (n, p))).collect::<Result<Vec<_>, _>>()?;
+        let marker_key = format!("tenantflow:sink:{job}:{sink_index}");
+
+        let client = redis::Client::open(spec.url.as_str()).map_err(|e| err(e.to_string()))?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
+        let mut conn = runtime.block_on(connect(&client)).map_err(|e| err(format!("connecting: {e}")))?;
+        let skip_through = if restoring {
+            runtime.block_on(read_marker(&mut conn, &marker_key)).map_err(|e| err(format!("reading {marker_key}: {e}")))?
+        } else {
+            runtime
+                .block_on(redis::cmd("DEL").arg(&marker_key).query_async::<()>(&mut conn))
+                .map_err(|e| err(format!("resetting {marker_key}: {e}")))?;
+            None
+        };
+        let sender = Sender::start(runtime, client, conn, marker_key.clone()).map_err(|e| err(e.to_string()))?;
+        Ok(RedisSink {
+            spec: spec.clone(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            key,
+            hash_field,
+            member,
+            value,
+            fields,
+            marker_key,
+            skip_through,
+            pipe: transaction(),
+            rows: 0,
+            since: None,
+            time: 0,
+            index: 0,
+            key_buf: String::new(),
+            aux_buf: String::new(),
+            sender,
+        })
+    }
+
+    /// Appends one row's commands to the transaction being built.
+    fn encode(&mut self, row: &[Value]) {
+        self.key.render_into(row, &mut self.key_buf);
+        let key = self.key_buf.as_str();
+        let pipe = &mut self.pipe;
+        match self.spec.mode {
+            RedisMode::Hash => {
+                if self.fields.iter().all(|(_, p)| row[*p].is_null()) {
+                    return;
+                }
+                pipe.cmd("HSET").arg(key);
+                for (name, p) in &self.fields {
+                    if !row[*p].is_null() {
+                        pipe.arg(name.as_str());
+                        push_value(pipe, &row[*p]);
+                    }
+                }
+                pipe.ignore();
+            }
+            RedisMode::Counter => {
+                let Some((p, ty)) = self.value else { return };
+                let float = ty == DataType::Float;
+                let by = &row[p];
+                if by.is_null() {
+                    return;
+                }
+                match &self.hash_field {
+                    Some(f) => {
+                        f.render_into(row, &mut self.aux_buf);
+                        pipe.cmd(if float { "HINCRBYFLOAT" } else { "HINCRBY" }).arg(key).arg(self.aux_buf.as_str());
+                    }
+                    None => {
+                        pipe.cmd(if float { "INCRBYFLOAT" } else { "INCRBY" }).arg(key);
+                    }
+                }
+                push_value(pipe, by);
+                pipe.ignore();
+            }
+            RedisMode::Leaderboard => {
+                let (Some((p, _)), Some(member)) = (self.value, self.member.as_ref()) else { return };
+                let Some(score) = row[p].as_f64() else { return };
+                member.render_into(row, &mut self.aux_buf);
+                pipe.cmd(if self.spec.increment { "ZINCRBY" } else { "ZADD" }).arg(key).arg(score).arg(self.aux_buf.as_str()).ignore();
+                if let Some(n) = self.spec.keep_top {
+                    // Ranks are ascending: drop everything below the best n.
+                    pipe.cmd("ZREMRANGEBYRANK").arg(key).arg(0).arg(-(n as i64) - 1).ignore();
+                }
+            }
+            RedisMode::Stream => {
+                pipe.cmd("XADD").arg(key);
+                if let Some(n) = self.spec.max_len {
+                    pipe.arg("MAXLEN").arg("~").arg(n);
+                }
+                pipe.arg("*");
+                for (name, p) in &self.fields {
+                    pipe.arg(name.as_str());
+                    push_value(pipe, &row[*p]);
+                }
+                pipe.ignore();
+            }
+            RedisMode::PubSub => {
+                let names: Vec<&str> = self.fields.iter().map(|(n, _)| n.as_str()).collect();
+                let values: Vec<Value> = self.fields.iter().map(|(_, p)| row[*p].clone()).collect();
+                pipe.cmd("PUBLISH").arg(key).arg(row_to_json(&names, &values)).ignore();
+            }
+        }
+        if let (Some(ttl), false) = (self.spec.ttl, self.spec.mode == RedisMode::PubSub) {
+            pipe.cmd("PEXPIRE").arg(key).arg((ttl / 1000).max(1)).ignore();
+        }
+    }
+
+    /// Closes the transaction with the marker and hands it to the sender.
+    fn hand_off(&mut self) -> io::Result<()> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let end = (self.time, self.index);
+        self.pipe.cmd("SET").arg(&self.marker_key).arg(format!("{} {}", end.0, end.1)).ignore();
+        let pipe = std::mem::replace(&mut self.pipe, transaction());
+        self.sender.send(Job::Batch(pipe, end))?;
+        self.rows = 0;
+        self.since = None;
+        Ok(())
+    }
+
+    /// The output's field names (for messages).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+fn transaction() -> redis::Pipeline {
+    let mut p = redis::pipe();
+    p.atomic();
+    p
+}
+
+/// A value as a Redis argument: numbers as decimal text, timestamps as RFC 3339.
+fn push_value(pipe: &mut redis::Pipeline, v: &Value) {
+    match v {
+        Value::Null => pipe.arg(""),
+        Value::Bool(b) => pipe.arg(i64::from(*b)),
+        Value::Int(i) | Value::Interval(i) => pipe.arg(*i),
+        Value::Float(f) => pipe.arg(*f),
+        Value::Str(s) => pipe.arg(s.as_str()),
+        Value::Ts(t) => pipe.arg(time::format_rfc3339(*t)),
+    };
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT)).set_response_timeout(Some(RESPONSE_TIMEOUT));
+    client.get_multiplexed_async_connection_with_config(&config).await
+}
+
+async fn read_marker(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> redis::RedisResult<Option<Marker>> {
+    let v: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
+    Ok(v.and_then(|s| {
+        let (t, n) = s.split_once(' ')?;
+        Some((t.parse().ok()?, n.parse().ok()?))
+    }))
+}
+
+enum Job {
+    Batch(redis::Pipeline, Marker),
+    /// Answers once every transaction before it is applied (or with the first failure).
+    Flush(mpsc::Sender<Result<(), String>>),
+}
+
+/// Transactions handed to the sender and not yet applied, at most (backpressure beyond).
+const IN_FLIGHT: usize = 1;
+
+/// Applies transactions in order on a thread of its own, reconnecting and retrying with
+/// exponential backoff and jitter while Redis is unreachable; refused commands fail the sink.
+struct Sender {
+    tx: Option<mpsc::SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    retries: Arc<AtomicU64>,
+    failed: Arc<Mutex<Option<String>>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Sender {
+    fn start(
+        runtime: tokio::runtime::Runtime,
+        client: redis::Client,
+        conn: redis::aio::MultiplexedConnection,
+        marker_key: String,
+    ) -> io::Result<Sender> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(IN_FLIGHT);
+        let retries = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(None::<String>));
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (counter, failure, stop) = (Arc::clone(&retries), Arc::clone(&failed), Arc::clone(&shutdown));
+        let thread = std::thread::Builder::new().name("redis-sink".into()).spawn(move || {
+            let mut conn = Some(conn);
+            let first_failure = || failure.lock().ok().and_then(|f| f.clone());
+            for job in rx {
+                match job {
+                    Job::Batch(pipe, end) if first_failure().is_none() => {
+                        let applied = runtime.block_on(apply(&client, &mut conn, &pipe, end, &marker_key, &counter, &stop));
+                        if let Err(e) = applied {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                    }
+                    Job::Batch(..) => {}
+                    Job::Flush(reply) => {
+                        let _ = reply.send(first_failure().map_or(Ok(()), Err));
+                    }
+                }
+            }
+        })?;
+        Ok(Sender { tx: Some(tx), thread: Some(thread), retries, failed, shutdown })
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match self.failed.lock().ok().and_then(|f| f.clone()) {
+            Some(e) => Err(io::Error::other(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.check()?;
+        let gone = || io::Error::other("the redis sender stopped");
+        self.tx.as_ref().ok_or_else(gone)?.send(job).map_err(|_| gone())
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Job::Flush(reply))?;
+        answer.recv().map_err(|_| io::Error::other("the redis sender stopped"))?.map_err(io::Error::other)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Relaxed);
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether an error may go away by itself (Redis restarting, loading its data, a network blip).
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain))
+}
+
+/// Applies one transaction, retrying until Redis takes it or refuses it. Before a retry the
+/// marker is read: a transaction whose reply was lost may have been applied already.
+async fn apply(
+    client: &redis::Client,
+    conn: &mut Option<redis::aio::MultiplexedConnection>,
+    pipe: &redis::Pipeline,
+    end: Marker,
+    marker_key: &str,
+    retries: &AtomicU64,
+    shutdown: &AtomicBool,
+) -> Result<(), String> {
+    let mut backoff = BACKOFF_MIN;
+    let mut retrying = false;
+    loop {
+        if shutdown.load(Relaxed) {
+            return Err("redis sink: closed while retrying".into());
+        }
+        let attempt = async {
+            if conn.is_none() {
+                *conn = Some(connect(client).await?);
+            }
+            let Some(c) = conn.as_mut() else { return Ok(()) };
+            if retrying && read_marker(c, marker_key).await?.is_some_and(|m| m >= end) {
+                return Ok(());
+            }
+            pipe.query_async::<()>(c).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if transient(&e) => {
+                *conn = None;
+                retrying = true;
+                retries.fetch_add(1, Relaxed);
+                tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "redis write failed: {e}");
+                tokio::time::sleep(backoff.mul_f64(0.5 + jitter_unit())).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => return Err(format!("redis write refused: {e}")),
+        }
+    }
+}
+
+/// A number in [0, 1) from the clock: jitter needs no quality randomness.
+fn jitter_unit() -> f64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    (nanos % 1000) as f64 / 1000.0
+}
+
+impl Sink for RedisSink {
+    fn begin_time(&mut self, t: u64) {
+        self.time = t;
+        self.index = 0;
+    }
+
+    fn write(&mut self, row: &[Value]) -> io::Result<()> {
+        let at = (self.time, self.index);
+        self.index += 1;
+        if self.skip_through.is_some_and(|m| at < m) {
+            return Ok(());
+        }
+        self.encode(row);
+        self.rows += 1;
+        self.since.get_or_insert_with(Instant::now);
+        if self.rows >= self.spec.batch_rows {
+            self.hand_off()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sender.check()?;
+        if self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval) {
+            self.hand_off()?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.hand_off()?;
+        self.sender.wait()
+    }
+
+    /// Everything written so far is applied; rows after the checkpoint are skipped up to the
+    /// marker when they come again after a restore.
+    fn checkpoint(&mut self) -> io::Result<Option<u64>> {
+        self.finish().map(|()| None)
+    }
+
+    fn retries(&self) -> u64 {
+        self.sender.retries.load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}
