@@ -27,7 +27,7 @@ mod silence;
 pub use alert::{Alert, Clock, ManualClock, SystemClock};
 pub use manager::{spawn, Manager, ManagerHandle, ReceiverStats, Stats};
 pub use matcher::CompiledMatcher;
-pub use notify::{Notification, NotifiedAlert};
+pub use notify::{sign, Notification, NotifiedAlert};
 pub use silence::{Silence, SilenceState, Silences};
 
 use std::path::PathBuf;
