@@ -284,6 +284,16 @@ impl Manager {
         }
     }
 
+    /// Makes every group due now and ticks: a bounded job that ends sends what it found
+    /// without waiting out `group_wait` (which would outlive it).
+    pub fn flush_now(&mut self) {
+        let now = self.clock.now();
+        for g in self.groups.values_mut() {
+            g.next_flush = g.next_flush.min(now);
+        }
+        self.tick();
+    }
+
     /// Resolves timed-out alerts, flushes the groups that are due, and delivers the outbox.
     pub fn tick(&mut self) {
         let now = self.clock.now();
@@ -491,6 +501,7 @@ impl Manager {
 
 enum Msg {
     Alert(Box<Alert>),
+    FlushNow,
     Stop,
 }
 
@@ -516,6 +527,10 @@ pub fn spawn(mut manager: Manager) -> ManagerHandle {
         loop {
             match rx.recv_timeout(TICK.saturating_sub(last.elapsed())) {
                 Ok(Msg::Alert(a)) => manager.push(*a),
+                Ok(Msg::FlushNow) => {
+                    manager.flush_now();
+                    last = Instant::now();
+                }
                 Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
@@ -554,10 +569,21 @@ impl ManagerHandle {
     pub fn silences(&self) -> &Silences {
         &self.silences
     }
+
+    /// Asks for [`Manager::flush_now`] (the job's input has ended).
+    pub fn flush_now(&self) {
+        let _ = self.tx.send(Msg::FlushNow);
+    }
 }
 
-impl Drop for ManagerHandle {
-    fn drop(&mut self) {
+impl ManagerHandle {
+    /// Stops the manager after a final tick (bounded wait) and returns its counters then.
+    pub fn close(mut self) -> Stats {
+        self.stop();
+        self.stats.snapshot()
+    }
+
+    fn stop(&mut self) {
         let _ = self.tx.send(Msg::Stop);
         let Some(thread) = self.thread.take() else { return };
         match self.done.recv_timeout(STOP_WAIT) {
@@ -568,5 +594,11 @@ impl Drop for ManagerHandle {
                 tracing::warn!("the alert manager did not stop within {STOP_WAIT:?}; left to finish on its own");
             }
         }
+    }
+}
+
+impl Drop for ManagerHandle {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -44,7 +44,8 @@ fn group_wait_collects_alerts_into_one_notification() {
     let server = HttpServer::start(200);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &["alertname"], 30, 300, 4 * 3600), vec![webhook("hook", &server.url("/hook"), false, None)]);
-    let mut m = manager(&spec, &tempdir("wait"), &clock);
+    let state = tempdir("wait");
+    let mut m = manager(&spec, &state, &clock);
     m.push(alert("HighLatency", &[("instance", "a")], T0));
     at(&clock, &mut m, T0 + 5 * S);
     m.push(alert("HighLatency", &[("instance", "b")], T0 + 5 * S));
@@ -78,7 +79,8 @@ fn new_alert_in_notified_group_waits_for_group_interval() {
     let server = HttpServer::start(200);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &["alertname"], 10, 60, 4 * 3600), vec![webhook("hook", &server.url("/"), false, None)]);
-    let mut m = manager(&spec, &tempdir("interval"), &clock);
+    let state = tempdir("interval");
+    let mut m = manager(&spec, &state, &clock);
     m.push(alert("A", &[("instance", "a")], T0));
     at(&clock, &mut m, T0 + 10 * S);
     assert_eq!(server.count(), 1);
@@ -99,7 +101,8 @@ fn unchanged_group_is_repeated_only_after_repeat_interval() {
     let server = HttpServer::start(200);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &["alertname"], 10, 60, 300), vec![webhook("hook", &server.url("/"), false, None)]);
-    let mut m = manager(&spec, &tempdir("repeat"), &clock);
+    let state = tempdir("repeat");
+    let mut m = manager(&spec, &state, &clock);
     m.push(alert("A", &[], T0));
     // Flushes at 10, 70, 130, 190, 250: only the first sends.
     for t in (10..=250).step_by(60) {
@@ -122,7 +125,8 @@ fn resolve_run(send_resolved: bool) -> Vec<Value> {
     let clock = Arc::new(ManualClock::new(T0));
     let mut spec = spec(root("hook", &["alertname"], 10, 60, 3600), vec![webhook("hook", &server.url("/"), send_resolved, None)]);
     spec.resolve_timeout = 50 * S;
-    let mut m = manager(&spec, &tempdir("resolved"), &clock);
+    let state = tempdir("resolved");
+    let mut m = manager(&spec, &state, &clock);
     m.push(alert("A", &[("instance", "a")], T0));
     m.push(alert("A", &[("instance", "b")], T0));
     at(&clock, &mut m, T0 + 10 * S);
@@ -160,7 +164,8 @@ fn inhibition_mutes_targets_with_equal_labels_while_the_source_fires() {
     let mut spec = spec(root("hook", &["..."], 10, 60, 3600), vec![webhook("hook", &server.url("/"), false, None)]);
     spec.inhibit_rules =
         vec![InhibitRuleSpec { source: vec![m("severity=critical")], target: vec![m("severity=warning")], equal: vec!["tenant".into()] }];
-    let mut mgr = manager(&spec, &tempdir("inhibit"), &clock);
+    let state = tempdir("inhibit");
+    let mut mgr = manager(&spec, &state, &clock);
     mgr.push(alert("Down", &[("severity", "critical"), ("tenant", "acme")], T0));
     mgr.push(alert("Slow", &[("severity", "warning"), ("tenant", "acme")], T0));
     mgr.push(alert("Slow", &[("severity", "warning"), ("tenant", "globex")], T0));
@@ -239,7 +244,8 @@ fn routes_choose_receivers_and_continue_matching_sends_to_two() {
     r.routes = vec![pager, acme];
     let receivers =
         ["default", "pager", "acme", "acme-warn"].iter().map(|n| webhook(n, &server.url(&format!("/{n}")), false, None)).collect();
-    let mut mgr = manager(&spec(r, receivers), &tempdir("routing"), &clock);
+    let state = tempdir("routing");
+    let mut mgr = manager(&spec(r, receivers), &state, &clock);
     mgr.push(alert("Down", &[("severity", "critical"), ("tenant", "acme-eu")], T0));
     mgr.push(alert("Slow", &[("severity", "warning"), ("tenant", "acme-eu")], T0));
     mgr.push(alert("Info", &[("severity", "info"), ("tenant", "globex")], T0));
@@ -263,7 +269,8 @@ fn the_same_alert_pushed_often_is_one_alert() {
     let server = HttpServer::start(200);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &["alertname"], 10, 60, 3600), vec![webhook("hook", &server.url("/"), false, None)]);
-    let mut mgr = manager(&spec, &tempdir("dedup"), &clock);
+    let state = tempdir("dedup");
+    let mut mgr = manager(&spec, &state, &clock);
     for i in 0..100 {
         clock.set(T0 + i * 50_000);
         mgr.push(alert("A", &[("tenant", "acme")], T0 + i * 50_000).annotate("summary", format!("value {i}")));
@@ -284,7 +291,8 @@ fn an_alert_firing_again_after_it_resolved_is_a_new_firing() {
     let server = HttpServer::start(200);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &[], 10, 60, 3600), vec![webhook("hook", &server.url("/"), true, None)]);
-    let mut mgr = manager(&spec, &tempdir("refire"), &clock);
+    let state = tempdir("refire");
+    let mut mgr = manager(&spec, &state, &clock);
     mgr.push(alert("A", &[], T0));
     at(&clock, &mut mgr, T0 + 10 * S);
     let mut resolved = alert("A", &[], T0);
@@ -358,7 +366,8 @@ fn refused_notifications_are_dropped_but_429_is_retried() {
     server.answer(&[429, 400]);
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("hook", &["alertname"], 10, 600, 3600), vec![webhook("hook", &server.url("/"), false, None)]);
-    let mut mgr = manager(&spec, &tempdir("refused"), &clock);
+    let state = tempdir("refused");
+    let mut mgr = manager(&spec, &state, &clock);
     mgr.push(alert("A", &[], T0));
     at(&clock, &mut mgr, T0 + 10 * S);
     at(&clock, &mut mgr, T0 + 12 * S);

@@ -48,7 +48,8 @@ fn slack_and_pagerduty_payloads_follow_their_formats() {
             kind: ReceiverKind::PagerDuty { url: pd.url("/v2/enqueue"), routing_key: "R0UTING".into(), timeout: 2 * S },
         },
     ];
-    let mut mgr = manager(&spec(r, receivers), &tempdir("slackpd"), &clock);
+    let state = tempdir("slackpd");
+    let mut mgr = manager(&spec(r, receivers), &state, &clock);
     mgr.push(critical(None));
     at(&clock, &mut mgr, T0 + 10 * S);
 
@@ -111,7 +112,8 @@ fn pagerduty_severity_defaults_to_error() {
         send_resolved: false,
         kind: ReceiverKind::PagerDuty { url: pd.url("/"), routing_key: "k".into(), timeout: 2 * S },
     }];
-    let mut mgr = manager(&spec(root("pd", &[], 10, 60, 3600), receivers), &tempdir("pdsev"), &clock);
+    let state = tempdir("pdsev");
+    let mut mgr = manager(&spec(root("pd", &[], 10, 60, 3600), receivers), &state, &clock);
     mgr.push(Alert::new([("alertname", "X"), ("severity", "page-me")], T0).annotate("summary", "s".repeat(3000)));
     at(&clock, &mut mgr, T0 + 10 * S);
     let body = pd.requests()[0].json();
@@ -139,7 +141,8 @@ fn email_is_sent_over_smtp() {
     let server = SmtpServer::start("250 ok\r\n");
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("mail", &["alertname"], 10, 60, 3600), vec![email("mail", &format!("127.0.0.1:{}", server.port))]);
-    let mut mgr = manager(&spec, &tempdir("email"), &clock);
+    let state = tempdir("email");
+    let mut mgr = manager(&spec, &state, &clock);
     mgr.check_connections().expect("the SMTP server answers");
     mgr.push(critical(None));
     mgr.push(Alert::new([("alertname", "Down"), ("severity", "critical"), ("tenant", "globex")], T0).annotate("summary", "globex is down"));
@@ -161,7 +164,8 @@ fn smtp_refusal_is_not_retried_and_a_dead_server_fails_the_check() {
     let server = SmtpServer::start("550 no such user\r\n");
     let clock = Arc::new(ManualClock::new(T0));
     let spec = spec(root("mail", &["alertname"], 10, 60, 3600), vec![email("mail", &format!("127.0.0.1:{}", server.port))]);
-    let mut mgr = manager(&spec, &tempdir("email-refused"), &clock);
+    let state = tempdir("email-refused");
+    let mut mgr = manager(&spec, &state, &clock);
     mgr.push(critical(None));
     at(&clock, &mut mgr, T0 + 10 * S);
     for t in [20, 100, 1000] {
@@ -173,7 +177,8 @@ fn smtp_refusal_is_not_retried_and_a_dead_server_fails_the_check() {
     assert_eq!(stats.outbox_size, 0);
 
     let dead = spec_with_email_at(free_port());
-    let mgr = manager(&dead, &tempdir("email-dead"), &clock);
+    let state = tempdir("email-dead");
+    let mgr = manager(&dead, &state, &clock);
     match mgr.check_connections() {
         Err(AlertError::Connection { receiver, kind, .. }) => assert_eq!((receiver.as_str(), kind), ("oncall-mail", "email")),
         other => panic!("expected a connection error, got {other:?}"),
@@ -239,7 +244,8 @@ fn redis_receiver_publishes_the_webhook_json() {
 
     let clock = Arc::new(ManualClock::new(T0));
     let bus = spec(root("bus", &["alertname"], 10, 60, 3600), vec![redis_receiver("bus", &server.url())]);
-    let mut mgr = manager(&bus, &tempdir("redis"), &clock);
+    let state = tempdir("redis");
+    let mut mgr = manager(&bus, &state, &clock);
     mgr.check_connections().expect("redis answers PING");
     mgr.push(critical(None));
     at(&clock, &mut mgr, T0 + 10 * S);
@@ -255,7 +261,8 @@ fn redis_receiver_publishes_the_webhook_json() {
     assert_eq!(mgr.stats().receivers["bus"].sent, 1);
 
     let dead = spec(root("bus2", &[], 10, 60, 3600), vec![redis_receiver("bus2", &format!("redis://127.0.0.1:{}/", free_port()))]);
-    match manager(&dead, &tempdir("redis-dead"), &clock).check_connections() {
+    let state = tempdir("redis-dead");
+    match manager(&dead, &state, &clock).check_connections() {
         Err(AlertError::Connection { receiver, kind, .. }) => assert_eq!((receiver.as_str(), kind), ("bus2", "redis")),
         other => panic!("expected a connection error, got {other:?}"),
     }
@@ -266,7 +273,8 @@ fn redis_down_is_retried_until_it_is_back() {
     let clock = Arc::new(ManualClock::new(T0));
     let mut server = RedisServer::start();
     let spec = spec(root("bus", &["alertname"], 10, 60, 3600), vec![redis_receiver("bus", &server.url())]);
-    let mut mgr = manager(&spec, &tempdir("redis-retry"), &clock);
+    let state = tempdir("redis-retry");
+    let mut mgr = manager(&spec, &state, &clock);
     let _ = server.child.kill();
     let _ = server.child.wait();
     mgr.push(critical(None));

@@ -62,6 +62,8 @@ pub struct Api {
     /// Per job, recent (time, events in over all processes) samples: the current throughput.
     samples: Mutex<BTreeMap<String, std::collections::VecDeque<(Instant, u64)>>>,
     agent: ureq::Agent,
+    /// The cluster's silences (`<data-dir>/silences.json`), shared with every job's alert manager.
+    silences: tenantflow_alerts::Silences,
 }
 
 /// The window over which `events_per_sec` is measured.
@@ -88,7 +90,10 @@ impl Api {
             }
         }
         let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
+        let silences = tenantflow_alerts::Silences::open(Some(data_dir.join("silences.json")))?;
+        tenantflow_engine::alerting::set_silences(silences.clone());
         Ok(Api {
+            silences,
             control,
             book: Mutex::new(book),
             data_dir,
@@ -212,6 +217,8 @@ fn router(api: Shared) -> Router {
     Router::new()
         .route("/api/v1/jobs", post(submit).get(list))
         .route("/api/v1/jobs/{id}", get(describe).delete(cancel))
+        .route("/api/v1/silences", post(add_silence).get(list_silences))
+        .route("/api/v1/silences/{id}", get(get_silence).delete(expire_silence))
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/stop", post(stop))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -301,6 +308,103 @@ async fn cancel(State(api): State<Shared>, Path(id): Path<String>, Query(q): Que
     }
     tracing::info!(job = %id, savepoint = q.savepoint.unwrap_or(false), "job cancel requested");
     (StatusCode::ACCEPTED, Json(view(&api, &r))).into_response()
+}
+
+/// A silence request: matchers in Alertmanager's syntax, and either `ends_at` or `duration`.
+#[derive(Deserialize)]
+struct SilenceRequest {
+    matchers: Vec<String>,
+    /// RFC 3339; default now.
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    /// e.g. "2h" (from `starts_at`).
+    duration: Option<String>,
+    #[serde(default)]
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+fn silence_view(s: &tenantflow_alerts::Silence) -> serde_json::Value {
+    let fmt = tenantflow_core::time::format_rfc3339;
+    json!({
+        "id": s.id,
+        "matchers": s.matchers.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+        "starts_at": fmt(s.starts_at),
+        "ends_at": fmt(s.ends_at),
+        "state": s.state(tenantflow_core::time::now_micros()),
+        "created_by": s.created_by,
+        "comment": s.comment,
+    })
+}
+
+async fn add_silence(State(api): State<Shared>, body: String) -> Response {
+    let invalid = |m: String| error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_silence", m);
+    let req: SilenceRequest = match serde_json::from_str(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("expected a JSON silence: {e}")),
+    };
+    let mut matchers = Vec::new();
+    for m in &req.matchers {
+        match tenantflow_core::alerting::Matcher::parse(m) {
+            Ok(m) => matchers.push(m),
+            Err(e) => return invalid(e),
+        }
+    }
+    let time = |s: &str| tenantflow_core::time::parse_timestamp(s).ok_or_else(|| format!("invalid time \"{s}\" (expected RFC 3339)"));
+    let starts_at = match req.starts_at.as_deref().map(time).transpose() {
+        Ok(t) => t.unwrap_or_else(tenantflow_core::time::now_micros),
+        Err(e) => return invalid(e),
+    };
+    let ends_at = match (req.ends_at.as_deref(), req.duration.as_deref()) {
+        (Some(e), None) => time(e),
+        (None, Some(d)) => tenantflow_core::time::parse_duration(d)
+            .map(|d| starts_at.saturating_add(d))
+            .ok_or_else(|| format!("invalid duration \"{d}\" (expected e.g. \"2h\")")),
+        _ => Err("give either ends_at or duration".to_string()),
+    };
+    let ends_at = match ends_at {
+        Ok(t) => t,
+        Err(e) => return invalid(e),
+    };
+    match api.silences.add(matchers, starts_at, ends_at, &req.created_by, &req.comment) {
+        Ok(s) => {
+            tracing::info!(silence = %s.id, matchers = ?req.matchers, "silence created");
+            (StatusCode::CREATED, Json(silence_view(&s))).into_response()
+        }
+        Err(tenantflow_alerts::AlertError::InvalidSilence(m)) => invalid(m),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn list_silences(State(api): State<Shared>) -> Response {
+    Json(api.silences.list().iter().map(silence_view).collect::<Vec<_>>()).into_response()
+}
+
+async fn get_silence(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    match api.silences.get(&id) {
+        Some(s) => Json(silence_view(&s)).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found", format!("no silence `{id}`")),
+    }
+}
+
+async fn expire_silence(State(api): State<Shared>, Path(id): Path<String>) -> Response {
+    let now = tenantflow_core::time::now_micros();
+    match api.silences.get(&id) {
+        None => return error(StatusCode::NOT_FOUND, "not_found", format!("no silence `{id}`")),
+        Some(s) if s.state(now) == tenantflow_alerts::SilenceState::Expired => {
+            return error(StatusCode::CONFLICT, "already_expired", format!("silence `{id}` has already expired"))
+        }
+        Some(_) => {}
+    }
+    match api.silences.expire(&id, now) {
+        Ok(s) => {
+            tracing::info!(silence = %id, "silence expired");
+            Json(silence_view(&s)).into_response()
+        }
+        Err(tenantflow_alerts::AlertError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not_found", format!("no silence `{id}`")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 async fn cluster(State(api): State<Shared>) -> Response {

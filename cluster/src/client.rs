@@ -29,13 +29,14 @@ impl Client {
     }
 
     /// Calls the API; `query` pairs are percent-encoded by ureq.
-    fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<String>) -> anyhow::Result<Value> {
+    /// `body` is (content type, text).
+    fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<(&str, String)>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).query_pairs(pairs).call(),
             ("DELETE", _) => self.agent.delete(&url).query_pairs(pairs).call(),
-            (_, Some(b)) => self.agent.post(&url).query_pairs(pairs).content_type("application/toml").send(b),
+            (_, Some((kind, b))) => self.agent.post(&url).query_pairs(pairs).content_type(kind).send(b),
             (_, None) => self.agent.post(&url).query_pairs(pairs).send_empty(),
         };
         let mut response =
@@ -53,7 +54,8 @@ impl Client {
     pub fn submit(&self, file: &Path, restore: bool, output: Output) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let name = file.display().to_string();
-        let job = self.call("POST", "/api/v1/jobs", &[("file", name), ("restore", restore.to_string())], Some(text))?;
+        let job =
+            self.call("POST", "/api/v1/jobs", &[("file", name), ("restore", restore.to_string())], Some(("application/toml", text)))?;
         match output {
             Output::Json => println!("{job}"),
             Output::Table => println!("submitted {} ({})", job["id"].as_str().unwrap_or("?"), job["state"].as_str().unwrap_or("?")),
@@ -115,6 +117,55 @@ impl Client {
         match output {
             Output::Json => println!("{answer}"),
             Output::Table => println!("stopping the cluster"),
+        }
+        Ok(())
+    }
+}
+
+impl Client {
+    /// `tenantflow silence add`: mutes alerts matching every matcher until it ends.
+    pub fn silence_add(&self, matchers: &[String], duration: &str, author: &str, comment: &str, output: Output) -> anyhow::Result<()> {
+        let body = serde_json::json!({"matchers": matchers, "duration": duration, "created_by": author, "comment": comment});
+        let silence = self.call("POST", "/api/v1/silences", &[], Some(("application/json", body.to_string())))?;
+        match output {
+            Output::Json => println!("{silence}"),
+            Output::Table => {
+                println!("silence {} until {}", silence["id"].as_str().unwrap_or("?"), silence["ends_at"].as_str().unwrap_or("?"))
+            }
+        }
+        Ok(())
+    }
+
+    pub fn silence_list(&self, output: Output) -> anyhow::Result<()> {
+        let list = self.call("GET", "/api/v1/silences", &[], None)?;
+        match output {
+            Output::Json => println!("{list}"),
+            Output::Table => {
+                println!("{:<18} {:<9} {:<25} {:<40} COMMENT", "ID", "STATE", "ENDS", "MATCHERS");
+                for s in list.as_array().into_iter().flatten() {
+                    let matchers: Vec<&str> = s["matchers"].as_array().into_iter().flatten().filter_map(|m| m.as_str()).collect();
+                    println!(
+                        "{:<18} {:<9} {:<25} {:<40} {}",
+                        s["id"].as_str().unwrap_or("?"),
+                        s["state"].as_str().unwrap_or("?"),
+                        s["ends_at"].as_str().unwrap_or("?"),
+                        matchers.join(","),
+                        s["comment"].as_str().unwrap_or(""),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn silence_expire(&self, id: &str, output: Output) -> anyhow::Result<()> {
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+            bail!("`{id}` is not a silence id (see `tenantflow silence list`)");
+        }
+        let silence = self.call("DELETE", &format!("/api/v1/silences/{id}"), &[], None)?;
+        match output {
+            Output::Json => println!("{silence}"),
+            Output::Table => println!("silence {id} expired"),
         }
         Ok(())
     }

@@ -138,6 +138,40 @@ enum JobCommand {
 }
 
 #[derive(Subcommand)]
+enum SilenceCommand {
+    /// Mute alerts whose labels match every matcher, e.g. `tenant="acme"` `severity=~"warning|info"`.
+    Add {
+        /// Matchers in Alertmanager's syntax: name=value, name!=value, name=~regex, name!~regex.
+        #[arg(required = true)]
+        matchers: Vec<String>,
+        /// How long the silence lasts, from now.
+        #[arg(long, default_value = "1h")]
+        duration: String,
+        #[arg(long, default_value_t = default_author())]
+        author: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Silences with their state (pending, active, expired).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// End a silence now.
+    Expire {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn default_author() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "tenantflow".into())
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// A tenantflow cluster: start, status, stop.
     #[command(subcommand)]
@@ -145,6 +179,9 @@ enum Command {
     /// Jobs on a running cluster: submit, list, describe, cancel.
     #[command(subcommand)]
     Job(JobCommand),
+    /// Silences on a running cluster: mute alerts matching labels for a while.
+    #[command(subcommand)]
+    Silence(SilenceCommand),
     /// One process of a cluster (started by `cluster start`, or by hand on each host of a
     /// hostfile); process 0 serves the API.
     Worker {
@@ -244,6 +281,15 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
         }
         Command::Job(JobCommand::Submit { file, restore, api }) => {
             client::Client::new(&api.api).submit(&file, restore, api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Silence(SilenceCommand::Add { matchers, duration, author, comment, api }) => {
+            client::Client::new(&api.api).silence_add(&matchers, &duration, &author, &comment, api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Silence(SilenceCommand::List { api }) => {
+            client::Client::new(&api.api).silence_list(api.output).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Silence(SilenceCommand::Expire { id, api }) => {
+            client::Client::new(&api.api).silence_expire(&id, api.output).map(|()| ExitCode::SUCCESS)
         }
         Command::Job(JobCommand::List { api }) => client::Client::new(&api.api).list(api.output).map(|()| ExitCode::SUCCESS),
         Command::Job(JobCommand::Describe { id, api }) => {

@@ -125,6 +125,16 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     let restarts = gauge(&r, "cluster_restarts", "Times the supervisor restarted the cluster's processes", &["process"])?;
     let backoff = gauge(&r, "cluster_restart_backoff_seconds", "The wait before the last restart", &["process"])?;
     let ck_age = gauge(&r, "checkpoint_age_seconds", "Seconds since the last checkpoint was committed", &["job_id"])?;
+    let alerts_received = counter(&r, "alerts_received_total", "Alerts the job's rules fired or resolved", &["job_id"])?;
+    let alerts_firing = gauge(&r, "alerts_firing", "Alerts firing now", &["job_id"])?;
+    let alerts_muted = gauge(&r, "alerts_muted", "Firing alerts muted at the last notification, by why", &["job_id", "reason"])?;
+    let outbox = gauge(&r, "alert_outbox_notifications", "Notifications waiting in the outbox for delivery", &["job_id"])?;
+    let notifications = counter(
+        &r,
+        "alert_notifications_total",
+        "Notification attempts by receiver and outcome (sent, failed: dropped, retried: will be tried again)",
+        &["job_id", "receiver", "outcome"],
+    )?;
     let mut summaries: [(&str, &str, Vec<JobHistogram>); 2] = [
         ("tenantflow_window_emit_delay_seconds", "Processing time of a window result's emission minus the window's end", Vec::new()),
         (
@@ -166,6 +176,18 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             }
         }
         windows.with_label_values(&[&id]).inc_by(s.windows_fired.load(Relaxed));
+        if let Some(a) = s.alerts.lock().ok().and_then(|a| a.clone()) {
+            alerts_received.with_label_values(&[&id]).inc_by(a.alerts_received);
+            alerts_firing.with_label_values(&[&id]).set(a.alerts_firing as f64);
+            alerts_muted.with_label_values(&[&id, "silenced"]).set(a.silenced as f64);
+            alerts_muted.with_label_values(&[&id, "inhibited"]).set(a.inhibited as f64);
+            outbox.with_label_values(&[&id]).set(a.outbox_size as f64);
+            for (receiver, n) in &a.receivers {
+                for (outcome, v) in [("sent", n.sent), ("failed", n.failed), ("retried", n.retried)] {
+                    notifications.with_label_values(&[id.as_str(), receiver, outcome]).inc_by(v);
+                }
+            }
+        }
         checkpoints.with_label_values(&[&id]).inc_by(s.checkpoints.load(Relaxed));
         if let Some(wm) = s.watermark().filter(|_| state == JobState::Running) {
             lag.with_label_values(&[&id]).set((now_us - wm) as f64 / 1e6);

@@ -350,6 +350,18 @@ impl Compiler<'_> {
                 if matches!(f.args, FunctionArguments::None) && self.schema.lookup(&f.name.to_string()).is_some() {
                     return self.column(&f.name.to_string(), e);
                 }
+                // `prev(field)` in alert conditions: the schema carries it as a field of that name.
+                if name == "prev" {
+                    if let FunctionArguments::List(l) = &f.args {
+                        if let [FunctionArg::Unnamed(FunctionArgExpr::Expr(Ast::Identifier(id)))] = l.args.as_slice() {
+                            let field = format!("prev({})", id.value);
+                            if self.schema.lookup(&field).is_some() {
+                                return self.column(&field, e);
+                            }
+                        }
+                    }
+                    return Err(err_at(e, "prev(field) is only valid in alert conditions, with a field of the job's output"));
+                }
                 if AGGREGATES.contains(&name.as_str()) {
                     return Err(err_at(e, format!("aggregate function `{name}` is only allowed in a window step's `aggregates`")));
                 }

@@ -11,6 +11,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use crate::alerting::{AlertRuleSpec, AlertingSpec, InhibitRuleSpec, Matcher, ReceiverKind, ReceiverSpec, RouteSpec};
 use crate::time;
 use crate::value::DataType;
 
@@ -74,6 +75,10 @@ pub struct JobSpec {
     pub dead_letter: DeadLetterSpec,
     pub runtime: RuntimeSpec,
     pub checkpoint: Option<CheckpointSpec>,
+    /// `[[alerts]]`: rules evaluated on every output row.
+    pub alerts: Vec<AlertRuleSpec>,
+    /// `[alerting]`: where the rules' alerts go.
+    pub alerting: Option<AlertingSpec>,
 }
 
 /// Where records that cannot be processed go (`[dead_letter]`).
@@ -730,7 +735,23 @@ impl<'t, 'i> T<'t, 'i> {
 }
 
 fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
-    root.check_keys(cx, &["name", "description", "source", "schema", "time", "steps", "sinks", "dead_letter", "runtime", "checkpoint"]);
+    root.check_keys(
+        cx,
+        &[
+            "name",
+            "description",
+            "source",
+            "schema",
+            "time",
+            "steps",
+            "sinks",
+            "dead_letter",
+            "runtime",
+            "checkpoint",
+            "alerts",
+            "alerting",
+        ],
+    );
     let name = root
         .string(cx, "name")
         .map(|s| s.value)
@@ -807,7 +828,24 @@ fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
         };
         Some(CheckpointSpec { dir, interval, retain: t.int(cx, "retain", 1).unwrap_or(3) as usize })
     });
-    Some(JobSpec { name, source: source?, schema: schema?, time: time?, steps, sinks, dead_letter: dead_letter?, runtime, checkpoint })
+    let alerts: Vec<AlertRuleSpec> = root.tables(cx, "alerts").iter().filter_map(|t| read_alert_rule(cx, t)).collect();
+    let alerting = root.table(cx, "alerting").and_then(|t| read_alerting(cx, &t));
+    if !alerts.is_empty() && alerting.is_none() && root.get("alerting").is_none() {
+        root.missing(cx, "alerting", "an [alerting] table with [alerting.route] and [[alerting.receivers]] for the [[alerts]] rules");
+    }
+    Some(JobSpec {
+        name,
+        source: source?,
+        schema: schema?,
+        time: time?,
+        steps,
+        sinks,
+        dead_letter: dead_letter?,
+        runtime,
+        checkpoint,
+        alerts,
+        alerting,
+    })
 }
 
 fn read_source(cx: &mut Cx, t: &T) -> Option<SourceSpec> {
@@ -1281,4 +1319,215 @@ fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
         batch_rows: t.int(cx, "batch_rows", 1).unwrap_or(10_000) as usize,
         batch_interval: t.duration(cx, "batch_interval").unwrap_or(100_000),
     })
+}
+
+fn read_alert_rule(cx: &mut Cx, t: &T) -> Option<AlertRuleSpec> {
+    t.check_keys(cx, &["name", "condition", "labels", "annotations"]);
+    let name = t.required_string(cx, "name", "the alert's name (its `alertname` label), e.g. \"PlaysDropped\"")?;
+    let condition = t.required_string(cx, "condition", "a SQL condition over the output fields, e.g. \"plays < 0.5 * prev(plays)\"")?;
+    let labels = t.string_map(cx, "labels").unwrap_or_default();
+    for (k, v) in &labels {
+        if !valid_label(k) {
+            cx.err(&v.span, &v.key, format!("invalid label name `{k}` (letters, digits and _, not starting with a digit)"));
+        }
+    }
+    Some(AlertRuleSpec {
+        name: name.value,
+        condition,
+        labels: labels.into_iter().map(|(k, v)| (k, v.value)).collect(),
+        annotations: t.string_map(cx, "annotations").unwrap_or_default(),
+    })
+}
+
+fn valid_label(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with(|c: char| c.is_ascii_digit()) && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn read_matchers(cx: &mut Cx, t: &T, k: &str) -> Vec<Matcher> {
+    let mut out = Vec::new();
+    for m in t.string_list(cx, k).unwrap_or_default() {
+        match Matcher::parse(&m.value) {
+            Ok(parsed) => out.push(parsed),
+            Err(e) => cx.err(&m.span, &m.key, e),
+        }
+    }
+    out
+}
+
+fn read_alerting(cx: &mut Cx, t: &T) -> Option<AlertingSpec> {
+    t.check_keys(cx, &["route", "receivers", "inhibit_rules", "resolve_timeout", "state_dir"]);
+    let receivers: Vec<ReceiverSpec> = t.tables(cx, "receivers").iter().filter_map(|r| read_receiver(cx, r)).collect();
+    if receivers.is_empty() && t.get("receivers").is_none() {
+        t.missing(cx, "receivers", "at least one [[alerting.receivers]] (webhook, slack, pagerduty, email or redis)");
+    }
+    let route = match t.table(cx, "route") {
+        Some(r) => read_route(cx, &r, true, &receivers)?,
+        None => {
+            if t.get("route").is_none() {
+                t.missing(cx, "route", "an [alerting.route] with at least `receiver`");
+            }
+            return None;
+        }
+    };
+    let inhibit_rules = t
+        .tables(cx, "inhibit_rules")
+        .iter()
+        .map(|r| {
+            r.check_keys(cx, &["source_matchers", "target_matchers", "equal"]);
+            InhibitRuleSpec {
+                source: read_matchers(cx, r, "source_matchers"),
+                target: read_matchers(cx, r, "target_matchers"),
+                equal: r.string_list(cx, "equal").unwrap_or_default().into_iter().map(|e| e.value).collect(),
+            }
+        })
+        .collect();
+    Some(AlertingSpec {
+        route,
+        receivers,
+        inhibit_rules,
+        resolve_timeout: t.duration(cx, "resolve_timeout").filter(|&d| d > 0).unwrap_or(crate::alerting::DEFAULT_RESOLVE_TIMEOUT),
+        state_dir: t.string(cx, "state_dir").map(|s| s.value),
+    })
+}
+
+fn read_route(cx: &mut Cx, t: &T, root: bool, receivers: &[ReceiverSpec]) -> Option<RouteSpec> {
+    let mut keys = vec!["receiver", "group_by", "group_wait", "group_interval", "repeat_interval", "routes"];
+    if !root {
+        keys.extend(["matchers", "continue"]);
+    }
+    t.check_keys(cx, &keys);
+    let receiver = t.string(cx, "receiver");
+    if let Some(r) = &receiver {
+        if !receivers.iter().any(|x| x.name == r.value) {
+            let names: Vec<&str> = receivers.iter().map(|x| x.name.as_str()).collect();
+            cx.err(&r.span, &r.key, format!("unknown receiver \"{}\" (expected one of: {})", r.value, names.join(", ")));
+        }
+    } else if root && t.get("receiver").is_none() {
+        t.missing(cx, "receiver", "the receiver for alerts no child route takes");
+    }
+    let mut routes = Vec::new();
+    for child in t.tables(cx, "routes") {
+        routes.extend(read_route(cx, &child, false, receivers));
+    }
+    Some(RouteSpec {
+        receiver: receiver.map(|r| r.value),
+        matchers: if root { Vec::new() } else { read_matchers(cx, t, "matchers") },
+        group_by: t.string_list(cx, "group_by").map(|l| l.into_iter().map(|g| g.value).collect()),
+        group_wait: t.duration(cx, "group_wait"),
+        group_interval: t.duration(cx, "group_interval").filter(|&d| d > 0),
+        repeat_interval: t.duration(cx, "repeat_interval").filter(|&d| d > 0),
+        continue_matching: t.boolean(cx, "continue").unwrap_or(false),
+        routes,
+    })
+}
+
+/// A secret given inline (`key`) or by environment variable (`key_env`), read now so that a
+/// missing variable is reported with the job file's line.
+fn secret(cx: &mut Cx, t: &T, k: &str) -> Option<String> {
+    let env_key = format!("{k}_env");
+    if let Some(v) = t.string(cx, k) {
+        return Some(v.value);
+    }
+    let var = t.string(cx, &env_key)?;
+    match std::env::var(&var.value) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            cx.err(&var.span, &var.key, format!("environment variable `{}` is not set", var.value));
+            None
+        }
+    }
+}
+
+fn http_url(cx: &mut Cx, t: &T, k: &str, expected: &str) -> Option<String> {
+    let url = t.required_string(cx, k, expected)?;
+    if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
+        cx.err(&url.span, &url.key, format!("expected an http:// or https:// URL, found \"{}\"", url.value));
+        return None;
+    }
+    Some(url.value)
+}
+
+fn read_receiver(cx: &mut Cx, t: &T) -> Option<ReceiverSpec> {
+    #[derive(Clone, Copy)]
+    enum K {
+        Webhook,
+        Slack,
+        PagerDuty,
+        Email,
+        Redis,
+    }
+    let name = t.required_string(cx, "name", "the receiver's name, used by routes")?;
+    let kinds = [("webhook", K::Webhook), ("slack", K::Slack), ("pagerduty", K::PagerDuty), ("email", K::Email), ("redis", K::Redis)];
+    let kind = t.choice(cx, "type", &kinds, None)?;
+    let timeout = t.duration(cx, "timeout").filter(|&d| d > 0).unwrap_or(10 * time::MICROS_PER_SEC);
+    // Alertmanager's defaults: webhooks and PagerDuty hear about resolution, chat and mail do not.
+    let (kind, resolved_default) = match kind {
+        K::Webhook => {
+            t.check_keys(cx, &["name", "type", "url", "secret", "secret_env", "timeout", "send_resolved"]);
+            let url = http_url(cx, t, "url", "the URL alerts are POSTed to")?;
+            (ReceiverKind::Webhook { url, secret: secret(cx, t, "secret"), timeout }, true)
+        }
+        K::Slack => {
+            t.check_keys(cx, &["name", "type", "url", "url_env", "channel", "timeout", "send_resolved"]);
+            let url = match t.get("url") {
+                Some(_) => http_url(cx, t, "url", "the Slack incoming-webhook URL")?,
+                None => match secret(cx, t, "url") {
+                    Some(u) => u,
+                    None => {
+                        t.missing(cx, "url", "the Slack incoming-webhook URL (or url_env)");
+                        return None;
+                    }
+                },
+            };
+            (ReceiverKind::Slack { url, channel: t.string(cx, "channel").map(|c| c.value), timeout }, false)
+        }
+        K::PagerDuty => {
+            t.check_keys(cx, &["name", "type", "url", "routing_key", "routing_key_env", "timeout", "send_resolved"]);
+            let url = match t.get("url") {
+                Some(_) => http_url(cx, t, "url", "the Events API v2 endpoint")?,
+                None => "https://events.pagerduty.com/v2/enqueue".to_string(),
+            };
+            let Some(routing_key) = secret(cx, t, "routing_key") else {
+                if t.get("routing_key_env").is_none() {
+                    t.missing(cx, "routing_key", "the integration's routing key (or routing_key_env)");
+                }
+                return None;
+            };
+            (ReceiverKind::PagerDuty { url, routing_key, timeout }, true)
+        }
+        K::Email => {
+            t.check_keys(cx, &["name", "type", "smtp", "from", "to", "username", "password", "password_env", "starttls", "send_resolved"]);
+            let smtp = t.required_string(cx, "smtp", "the SMTP server as host:port, e.g. \"smtp.example.com:587\"")?;
+            if smtp.value.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                cx.err(&smtp.span, &smtp.key, format!("expected host:port, found \"{}\"", smtp.value));
+                return None;
+            }
+            let from = t.required_string(cx, "from", "the sender address")?.value;
+            let to: Vec<String> = t.string_list(cx, "to").unwrap_or_default().into_iter().map(|a| a.value).collect();
+            if to.is_empty() {
+                t.missing(cx, "to", "one or more recipient addresses");
+                return None;
+            }
+            let kind = ReceiverKind::Email {
+                smtp: smtp.value,
+                from,
+                to,
+                username: t.string(cx, "username").map(|u| u.value),
+                password: secret(cx, t, "password"),
+                starttls: t.boolean(cx, "starttls").unwrap_or(true),
+            };
+            (kind, false)
+        }
+        K::Redis => {
+            t.check_keys(cx, &["name", "type", "url", "channel", "send_resolved"]);
+            let url = t.required_string(cx, "url", "Redis's address, e.g. \"redis://127.0.0.1:6379\"")?;
+            if !(url.value.starts_with("redis://") || url.value.starts_with("rediss://")) {
+                cx.err(&url.span, &url.key, format!("expected a redis:// or rediss:// URL, found \"{}\"", url.value));
+                return None;
+            }
+            let channel = t.required_string(cx, "channel", "the channel alerts are published on")?.value;
+            (ReceiverKind::RedisPubSub { url: url.value, channel }, true)
+        }
+    };
+    Some(ReceiverSpec { name: name.value, send_resolved: t.boolean(cx, "send_resolved").unwrap_or(resolved_default), kind })
 }

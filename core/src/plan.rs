@@ -132,6 +132,18 @@ impl Plan {
     pub fn event_time(&self) -> bool {
         self.spec.time.mode == TimeMode::Event
     }
+
+    /// What alert conditions and annotations see: the output fields, then `prev(f)` for each,
+    /// the field's value in the previous row of the same series (NULL for the first).
+    pub fn alert_schema(&self) -> Schema {
+        alert_schema(&self.output)
+    }
+}
+
+fn alert_schema(output: &Schema) -> Schema {
+    let fields = output.fields();
+    let prev = fields.iter().map(|(n, t)| (format!("prev({n})"), *t));
+    Schema::new(fields.iter().cloned().chain(prev).collect())
 }
 
 /// Reads and validates a job file.
@@ -475,6 +487,17 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
     for sink in &spec.sinks {
         if let job::SinkSpec::Redis(r) = sink {
             v.redis_sink(r, &output, &spec.schema.tenant.value);
+        }
+    }
+    let alert_fields = alert_schema(&output);
+    for rule in &spec.alerts {
+        match expr::compile(&rule.condition.value, &alert_fields) {
+            Ok(c) if c.ty == DataType::Bool => {}
+            Ok(c) => v.at(&rule.condition, format!("type error: an alert condition must be a boolean, found {}", c.ty)),
+            Err(e) => v.expr_err(&rule.condition, e),
+        }
+        for (_, text) in &rule.annotations {
+            v.template(text, &alert_fields);
         }
     }
 

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 /// Version of the state layout inside part files; a restore refuses other versions.
 /// 3: bincode with variable-length integers (window state a third smaller than version 2's).
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: the sink part holds the alert rules' state.
+pub const FORMAT_VERSION: u32 = 4;
 const MAGIC: &[u8; 4] = b"TFCK";
 const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
 /// Environment variable holding the checkpoint key: 64 hex digits (256 bits).

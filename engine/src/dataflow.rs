@@ -543,6 +543,7 @@ struct SinkSnapshot {
     sinks: Vec<Option<u64>>,
     dead_letters: u64,
     late: Option<u64>,
+    alerts: crate::alerting::RulesSnapshot,
 }
 
 /// How long the sink writes before it lets the worker's other operators run.
@@ -670,6 +671,10 @@ struct SinkState {
     failed: bool,
     /// Checkpoints aligned here whose parts are not all written yet, oldest first.
     to_commit: VecDeque<checkpoint::Manifest>,
+    /// The job's alert rules and manager.
+    alerts: Option<crate::alerting::AlertRules>,
+    /// When the alert manager's counters last went to the shared stats (µs).
+    alerts_reported: i64,
 }
 
 impl SinkState {
@@ -684,7 +689,16 @@ impl SinkState {
                 }
             }
         });
+        let alerts = match crate::alerting::AlertRules::open(plan, restored.map(|r| &r.alerts)) {
+            Ok(a) => a,
+            Err(e) => {
+                shared.error(format!("alerting: {e}"));
+                None
+            }
+        };
         SinkState {
+            alerts,
+            alerts_reported: 0,
             sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice())),
             dead: open_dead_letters(plan, shared),
             late,
@@ -725,6 +739,9 @@ impl SinkState {
         late.sort_unstable();
         shared.rows_out.fetch_add(rows.len() as u64, Relaxed);
         for r in &rows {
+            if let Some(a) = self.alerts.as_mut() {
+                a.eval(r);
+            }
             match tenant_out {
                 Some(p) => self.tenants.get(&r[p]).events_out += 1,
                 None => self.tenants.get(&Value::Null).events_out += 1,
@@ -772,6 +789,7 @@ impl SinkState {
             sinks,
             dead_letters: self.dead.checkpoint()?,
             late,
+            alerts: self.alerts.as_ref().map(|a| a.snapshot()).unwrap_or_default(),
         };
         let bytes = checkpoint::encode(&snapshot)?;
         ck.writer.submit(&ck.root, epoch, "sink-0".into(), bytes)?;
@@ -824,6 +842,13 @@ impl SinkState {
             }
         }
         shared.sink_retries.store(self.sinks.iter().map(|s| s.retries()).sum(), Relaxed);
+        let now = time::now_micros();
+        if let (Some(a), true) = (self.alerts.as_ref(), now - self.alerts_reported >= crate::ingest::TENANT_MERGE_US) {
+            self.alerts_reported = now;
+            if let Ok(mut s) = shared.alerts.lock() {
+                *s = Some(a.stats());
+            }
+        }
         let _ = self.dead.flush();
         if let Some(l) = self.late.as_mut() {
             let _ = l.flush();
@@ -831,6 +856,12 @@ impl SinkState {
     }
 
     fn finish(&mut self, shared: &Shared) {
+        if let Some(a) = self.alerts.take() {
+            let stats = a.finish();
+            if let Ok(mut s) = shared.alerts.lock() {
+                *s = Some(stats);
+            }
+        }
         for s in &mut self.sinks {
             if let Err(e) = s.finish() {
                 shared.error(format!("sink failed: {e}"));

@@ -3,8 +3,10 @@
 //!
 //! Where a record goes: [`ingest`] (source, stateless steps, watermark, pre-aggregation) ->
 //! exchange by (tenant, key) -> [`dataflow`]'s window operator (merge, fire on the frontier) ->
-//! exchange to worker 0 -> sink operator (file/stdout writers, dead letters, late output).
+//! exchange to worker 0 -> sink operator (file/stdout writers, dead letters, late output), where
+//! [`alerting`] judges each output row by the job's alert rules.
 
+pub mod alerting;
 pub mod checkpoint;
 pub mod dataflow;
 pub mod host;

@@ -82,6 +82,8 @@ pub struct Shared {
     pub backpressure_us: AtomicU64,
     /// Requests the sinks' clients retried (cumulative, from the sinks).
     pub sink_retries: AtomicU64,
+    /// The job's alert manager's counters, refreshed by the sink about once a second.
+    pub alerts: Mutex<Option<tenantflow_alerts::Stats>>,
     /// Processing time at which a window's result was emitted minus the window's end (µs), and
     /// how long each write to the sinks took (µs, rows of one timestamp plus the flush).
     pub emit_delay: Mutex<Histogram<u64>>,
@@ -150,6 +152,7 @@ impl Shared {
             busy_ns: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             backpressure_us: AtomicU64::new(0),
             sink_retries: AtomicU64::new(0),
+            alerts: Mutex::new(None),
             emit_delay: Mutex::new(latency_histogram()),
             sink_write: Mutex::new(latency_histogram()),
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),

@@ -259,3 +259,71 @@ pub fn run_with_kills(dir: &Path, delays_ms: &[u64]) -> (usize, String) {
     }
     panic!("the job was still running after the last delay");
 }
+
+/// A received webhook call: headers (names lowercased) and JSON body.
+pub type Received = (std::collections::BTreeMap<String, String>, serde_json::Value);
+
+/// An HTTP receiver on 127.0.0.1 for alert webhooks: records each POST's headers (names
+/// lowercased) and JSON body, and answers 200.
+pub struct Webhook {
+    pub url: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Webhook {
+    pub fn start() -> Webhook {
+        use std::io::{BufRead, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/alerts", listener.local_addr().expect("addr"));
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = std::sync::Arc::clone(&received);
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let Ok(read_half) = conn.try_clone() else { continue };
+                let mut reader = std::io::BufReader::new(read_half);
+                let mut headers = std::collections::BTreeMap::new();
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.split_once(':') {
+                        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                    }
+                }
+                let len = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                if let Ok(mut r) = store.lock() {
+                    r.push((headers, json));
+                }
+                let mut conn = conn;
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Webhook { url, received }
+    }
+
+    /// What was received so far: (headers, body).
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The firing alerts' labels over every notification received.
+    pub fn firing(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        for (_, body) in self.received() {
+            for a in body["alerts"].as_array().into_iter().flatten() {
+                if a["status"] == "firing" {
+                    out.push(a.clone());
+                }
+            }
+        }
+        out
+    }
+}

@@ -576,3 +576,67 @@ fn a_crash_loop_stops_the_supervisor_with_a_clear_status() {
     assert_eq!(report["state"], "crash_loop");
     assert!(report["message"].as_str().is_some_and(|m| m.contains("2 restarts within")), "{report}");
 }
+
+/// Silences created and expired with `tenantflow silence`: a job's alerts for the silenced
+/// tenant are muted (and counted as such in the metrics), the others are notified.
+#[test]
+fn silences_from_the_cli_mute_a_jobs_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cluster = Cluster::start(d, 5);
+    let hook = tenantflow_tests::Webhook::start();
+
+    let silence =
+        cluster.cli(&["silence", "add", "tenant=\"tenant-00\"", "alertname=~\"Busy.*\"", "--duration", "1h", "--comment", "load test"]);
+    let id = silence["id"].as_str().expect("silence id").to_string();
+    assert_eq!(silence["state"], "active", "{silence}");
+    let listed = cluster.cli(&["silence", "list"]);
+    assert!(listed.as_array().is_some_and(|l| l.iter().any(|s| s["id"] == id.as_str() && s["comment"] == "load test")), "{listed}");
+    let (status, body) = cluster.http_body("POST", "/api/v1/silences", Some(r#"{"matchers": ["=x"], "duration": "1h"}"#)).expect("API");
+    assert_eq!((status, body["error"]["code"].as_str()), (422, Some("invalid_silence")), "{body}");
+
+    let alerting = format!(
+        r#"
+[[alerts]]
+name = "BusyWindow"
+condition = "n >= 1"
+
+[alerting]
+state_dir = "{}"
+[alerting.route]
+receiver = "hook"
+group_by = ["tenant"]
+group_wait = "1h"
+
+[[alerting.receivers]]
+name = "hook"
+type = "webhook"
+url = "{}"
+"#,
+        d.join("alerts").display(),
+        hook.url
+    );
+    let text = job("alerting", &d.join("out.jsonl"), 20_000, "") + &alerting;
+    std::fs::write(d.join("alerting.toml"), text).expect("write job");
+    let job_id = cluster.cli(&["job", "submit", &d.join("alerting.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    cluster.wait_state(&job_id, "finished", Duration::from_secs(60));
+    cluster.wait_for(Duration::from_secs(10), "notifications", || hook.received().len() >= 4);
+    let tenants: std::collections::BTreeSet<String> =
+        hook.firing().iter().map(|a| a["labels"]["tenant"].as_str().unwrap_or_default().to_string()).collect();
+    let expected: std::collections::BTreeSet<String> = (1..5).map(|i| format!("tenant-{i:02}")).collect();
+    assert_eq!(tenants, expected, "only the silenced tenant's alerts are muted");
+    let metrics = ureq::get(&format!("http://{}/metrics", cluster.metrics_targets()[0]))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    let muted = metrics.lines().find(|l| l.starts_with("tenantflow_alerts_muted{") && l.contains("silenced") && l.contains(&job_id));
+    assert!(muted.is_some_and(|l| !l.ends_with(" 0")), "no silenced alerts in the metrics:\n{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("tenantflow_alert_notifications_total{") && l.contains("sent") && !l.ends_with(" 0")));
+
+    let expired = cluster.cli(&["silence", "expire", &id]);
+    assert_eq!(expired["state"], "expired", "{expired}");
+    let again = Command::new(tenantflow_bin()).args(["silence", "expire", &id, "--api", &cluster.api]).output().expect("CLI");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already expired"));
+}

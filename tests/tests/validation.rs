@@ -73,7 +73,7 @@ fn bad_jobs_get_exact_errors() {
         (with("[time]\nfield = \"ts\"", "[time]\nfield = \"event_type\""), "job.toml:19:10: `time.field`: type error: the event-time field must be a timestamp, found string"),
         (with("max_out_of_orderness = \"1s\"", "max_out_of_orderness = \"1s\"\nlate_policy = \"side_output\""), "job.toml:18:1: `time.late_output`: missing key `late_output` in [time] (expected a file path for late events when late_policy = \"side_output\")"),
         (with("name = \"plays\"", "name = \"plays"), "job.toml:2:14: `(syntax)`: invalid TOML: invalid basic string, expected `\"`"),
-        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\npath = \"x\""), "job.toml:29:1: `sinks[0].type`: missing key `type` in [sinks[0]] (expected one of: stdout, file, kafka, discard, clickhouse)"),
+        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\npath = \"x\""), "job.toml:29:1: `sinks[0].type`: missing key `type` in [sinks[0]] (expected one of: stdout, file, kafka, discard, clickhouse, redis)"),
         (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"clickhouse\"\nurl = \"localhost:8123\"\ntable = \"t\""), "job.toml:31:7: `sinks[0].url`: expected an http:// or https:// URL, found \"localhost:8123\""),
         (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"clickhouse\"\nurl = \"http://h:8123\"\ntable = \"a.b.c\""), "job.toml:32:9: `sinks[0].table`: expected `table` or `database.table` (letters, digits, _), found \"a.b.c\""),
     ];

@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -178,13 +177,18 @@ fn smtp_session(conn: TcpStream, messages: &Mutex<Vec<String>>, rcpt_reply: &str
     }
 }
 
-/// A fresh, empty directory.
-pub fn tempdir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("tf-alerts-{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("tempdir");
-    dir
+/// A fresh, empty directory, removed when dropped.
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+pub fn tempdir(name: &str) -> TestDir {
+    TestDir(tempfile::Builder::new().prefix(&format!("tf-alerts-{name}-")).tempdir().expect("tempdir"))
 }
 
 pub fn m(text: &str) -> Matcher {

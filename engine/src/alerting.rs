@@ -1,0 +1,194 @@
+//! Alert rules on the job's output rows, evaluated where the rows are written (worker 0's
+//! sink), feeding the job's alert manager (`tenantflow-alerts`).
+//!
+//! A rule's series is the tenant plus the window's key fields: a row whose condition holds
+//! fires the series' alert; the series' next row whose condition does not hold resolves it.
+//! `prev(field)` is the field in the series' previous row. What the rules remember (previous
+//! rows, which series fire) is part of the sink's checkpoint, so a restored job judges the
+//! replayed rows as the first run did; the manager's notification log keeps it from notifying
+//! the same alerts twice.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use foldhash::HashMap;
+use tenantflow_alerts::{Alert, ManagerHandle, Silences, SystemClock};
+use tenantflow_core::expr::{self, CompiledExpr};
+use tenantflow_core::template::{BoundTemplate, Template};
+use tenantflow_core::{time, Plan, Value};
+
+/// The process's silences: the cluster's store when the API set one, else per job in its
+/// alert state directory.
+static SILENCES: OnceLock<Silences> = OnceLock::new();
+
+/// Makes every job of this process use `silences` (the cluster API's store).
+pub fn set_silences(silences: Silences) {
+    let _ = SILENCES.set(silences);
+}
+
+struct Rule {
+    name: String,
+    condition: CompiledExpr,
+    labels: Vec<(String, String)>,
+    annotations: Vec<(String, BoundTemplate)>,
+    /// Per series: the previous row and whether the series' alert fires.
+    series: HashMap<Vec<Value>, (Vec<Value>, bool)>,
+}
+
+/// What rules remember, for checkpoints: per rule, (series, previous row, firing).
+pub type RulesSnapshot = Vec<Vec<(Vec<Value>, Vec<Value>, bool)>>;
+
+pub struct AlertRules {
+    rules: Vec<Rule>,
+    manager: ManagerHandle,
+    job: String,
+    /// Output positions of the series' fields (tenant first) and their label names.
+    series_pos: Vec<usize>,
+    series_labels: Vec<String>,
+    /// The row followed by the series' previous row: what conditions see.
+    scratch: Vec<Value>,
+    key: Vec<Value>,
+    text: String,
+}
+
+/// Where a job's notification log and outbox live unless `[alerting] state_dir` says.
+pub fn state_dir(plan: &Plan) -> PathBuf {
+    match plan.spec.alerting.as_ref().and_then(|a| a.state_dir.as_ref()) {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(".tenantflow/alerts").join(&plan.spec.name),
+    }
+}
+
+impl AlertRules {
+    /// Compiles the rules and starts the job's alert manager (checking that receivers with a
+    /// connection, SMTP and Redis, accept it); `None` for a job without rules.
+    pub fn open(plan: &Plan, restored: Option<&RulesSnapshot>) -> Result<Option<AlertRules>, String> {
+        let Some(alerting) = plan.spec.alerting.as_ref() else { return Ok(None) };
+        if plan.spec.alerts.is_empty() {
+            return Ok(None);
+        }
+        let schema = plan.alert_schema();
+        let names = schema.names();
+        let mut rules = Vec::new();
+        for (i, r) in plan.spec.alerts.iter().enumerate() {
+            let condition = expr::compile(&r.condition.value, &schema).map_err(|e| format!("alert {}: {}", r.name, e.message))?;
+            let annotations = r
+                .annotations
+                .iter()
+                .map(|(k, t)| Template::parse(&t.value).and_then(|p| p.bind(&names)).map(|b| (k.clone(), b)))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("alert {}: {e}", r.name))?;
+            let mut labels = r.labels.clone();
+            if !labels.iter().any(|(k, _)| k == "severity") {
+                labels.push(("severity".into(), "warning".into()));
+            }
+            let series = restored
+                .and_then(|s| s.get(i))
+                .map(|list| list.iter().map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect())
+                .unwrap_or_default();
+            rules.push(Rule { name: r.name.clone(), condition, labels, annotations, series });
+        }
+        let out_names = plan.output.names();
+        let tenant = plan.spec.schema.tenant.value.as_str();
+        let mut series_pos = Vec::new();
+        let mut series_labels = Vec::new();
+        let keys = plan.spec.steps.iter().filter_map(|s| if let tenantflow_core::job::Step::Window(w) = s { Some(w) } else { None });
+        for name in std::iter::once(tenant).chain(keys.flat_map(|w| w.key_by.iter().map(|k| k.value.as_str()))) {
+            if let Some(p) = out_names.iter().position(|n| *n == name) {
+                series_pos.push(p);
+                series_labels.push(if name == tenant { "tenant".to_string() } else { name.to_string() });
+            }
+        }
+        let dir = state_dir(plan);
+        let silences = match SILENCES.get() {
+            Some(s) => s.clone(),
+            None => Silences::open(Some(dir.join("silences.json"))).map_err(|e| e.to_string())?,
+        };
+        let manager =
+            tenantflow_alerts::Manager::new(alerting, &plan.spec.name, silences, Arc::new(SystemClock), &dir).map_err(|e| e.to_string())?;
+        manager.check_connections().map_err(|e| e.to_string())?;
+        Ok(Some(AlertRules {
+            rules,
+            manager: tenantflow_alerts::spawn(manager),
+            job: plan.spec.name.clone(),
+            series_pos,
+            series_labels,
+            scratch: Vec::new(),
+            key: Vec::new(),
+            text: String::new(),
+        }))
+    }
+
+    /// Judges one output row by every rule.
+    pub fn eval(&mut self, row: &[Value]) {
+        self.key.clear();
+        self.key.extend(self.series_pos.iter().map(|&p| row[p].clone()));
+        for rule in &mut self.rules {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(row);
+            let state = rule.series.get_mut(&self.key);
+            match &state {
+                Some((prev, _)) => self.scratch.extend_from_slice(prev),
+                None => self.scratch.resize(row.len() * 2, Value::Null),
+            }
+            let holds = rule.condition.eval_bool(&self.scratch);
+            let was_firing = state.as_ref().is_some_and(|(_, f)| *f);
+            match state {
+                Some((prev, firing)) => {
+                    prev.clone_from_slice(row);
+                    *firing = holds;
+                }
+                None => {
+                    rule.series.insert(self.key.clone(), (row.to_vec(), holds));
+                }
+            }
+            if !holds && !was_firing {
+                continue;
+            }
+            let now = time::now_micros();
+            let mut labels = BTreeMap::new();
+            labels.insert("alertname".to_string(), rule.name.clone());
+            labels.insert("job".to_string(), self.job.clone());
+            for (name, v) in self.series_labels.iter().zip(&self.key) {
+                labels.insert(name.clone(), label_value(v));
+            }
+            for (k, v) in &rule.labels {
+                labels.insert(k.clone(), v.clone());
+            }
+            let mut alert = Alert::new(labels, now);
+            for (k, t) in &rule.annotations {
+                t.render_into(&self.scratch, &mut self.text);
+                alert = alert.annotate(k, &self.text);
+            }
+            // A series that stops matching resolves its alert.
+            if !holds {
+                alert.ends_at = Some(now);
+            }
+            self.manager.push(alert);
+        }
+    }
+
+    pub fn snapshot(&self) -> RulesSnapshot {
+        self.rules.iter().map(|r| r.series.iter().map(|(k, (prev, f))| (k.clone(), prev.clone(), *f)).collect()).collect()
+    }
+
+    pub fn stats(&self) -> tenantflow_alerts::Stats {
+        self.manager.stats()
+    }
+
+    /// The input has ended: notifies what is pending without waiting out `group_wait`, stops
+    /// the manager once it has delivered what it can, and returns its final counters.
+    pub fn finish(self) -> tenantflow_alerts::Stats {
+        self.manager.flush_now();
+        self.manager.close()
+    }
+}
+
+fn label_value(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.to_string(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
