@@ -313,6 +313,11 @@ impl Manager {
             for key in due {
                 self.flush(&key, &mutes, now);
             }
+            // Written before anything of this tick is delivered: a notification that reached
+            // its receiver is always in the log a restart reads.
+            if let Err(e) = self.nflog.save() {
+                tracing::error!(job = %self.job, "notification log: {e}");
+            }
         }
         if now.saturating_sub(self.last_gc) >= 600_000_000 {
             self.last_gc = now;
@@ -418,9 +423,7 @@ impl Manager {
                 }
             }
             let entry = nflog::Entry { group_key: key.to_string(), receiver: group.receiver.clone(), firing, resolved, sent_at: now };
-            if let Err(e) = self.nflog.log(entry) {
-                tracing::error!(job = %self.job, "notification log: {e}");
-            }
+            self.nflog.record(entry);
         }
         // The flush handled the resolved alerts: they leave the group.
         let Some(group) = self.groups.get_mut(key) else { return };

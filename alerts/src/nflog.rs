@@ -23,6 +23,8 @@ pub(crate) struct Entry {
 pub(crate) struct NotificationLog {
     path: PathBuf,
     entries: BTreeMap<(String, String), Entry>,
+    /// Entries recorded since the last write.
+    dirty: bool,
 }
 
 impl NotificationLog {
@@ -32,7 +34,7 @@ impl NotificationLog {
             .into_iter()
             .map(|e| ((e.group_key.clone(), e.receiver.clone()), e))
             .collect();
-        Ok(NotificationLog { path, entries })
+        Ok(NotificationLog { path, entries, dirty: false })
     }
 
     pub fn get(&self, group_key: &str, receiver: &str) -> Option<&Entry> {
@@ -40,9 +42,26 @@ impl NotificationLog {
     }
 
     /// Records a notification and writes the log.
+    #[cfg(test)]
     pub fn log(&mut self, entry: Entry) -> Result<(), AlertError> {
+        self.record(entry);
+        self.save()
+    }
+
+    /// Records a notification in memory; [`NotificationLog::save`] writes it (once for all the
+    /// groups a tick flushes: the log is rewritten whole).
+    pub fn record(&mut self, entry: Entry) {
         self.entries.insert((entry.group_key.clone(), entry.receiver.clone()), entry);
-        self.persist()
+        self.dirty = true;
+    }
+
+    /// Writes the log if something was recorded since the last write.
+    pub fn save(&mut self) -> Result<(), AlertError> {
+        if self.dirty {
+            self.persist()?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     /// Drops entries older than `retention`; writes the log if any went.

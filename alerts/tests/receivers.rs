@@ -297,3 +297,34 @@ fn redis_down_is_retried_until_it_is_back() {
     let stats = mgr.stats();
     assert_eq!((stats.receivers["bus"].sent, stats.outbox_size), (1, 0));
 }
+
+/// Credentials the SMTP server refuses stop the job when it starts (`check_connections`, called
+/// then), naming the receiver; the right ones pass and the mail goes out.
+#[test]
+fn refused_smtp_credentials_fail_the_check_and_accepted_ones_deliver() {
+    // base64 of "\0tf\0right": AUTH PLAIN with user tf, password right.
+    let server = SmtpServer::start_with_auth("250 ok\r\n", Some("AHRmAHJpZ2h0"));
+    let clock = Arc::new(ManualClock::new(T0));
+    let with_password = |password: &str| {
+        let mut r = email("mail", &format!("127.0.0.1:{}", server.port));
+        if let ReceiverKind::Email { username, password: p, .. } = &mut r.kind {
+            *username = Some("tf".into());
+            *p = Some(password.into());
+        }
+        spec(root("mail", &["alertname"], 10, 60, 3600), vec![r])
+    };
+    let state = tempdir("email-auth-wrong");
+    match manager(&with_password("wrong"), &state, &clock).check_connections() {
+        Err(AlertError::Connection { receiver, kind, message }) => {
+            assert_eq!((receiver.as_str(), kind), ("mail", "email"));
+            assert!(message.contains("535") || message.to_lowercase().contains("auth"), "{message}");
+        }
+        other => panic!("expected refused credentials, got {other:?}"),
+    }
+    let state = tempdir("email-auth-right");
+    let mut mgr = manager(&with_password("right"), &state, &clock);
+    mgr.check_connections().expect("the right credentials pass");
+    mgr.push(critical(None));
+    at(&clock, &mut mgr, T0 + 10 * S);
+    assert_eq!(server.messages().len(), 1);
+}

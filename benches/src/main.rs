@@ -46,6 +46,8 @@ const CONFIGS: &[(&str, usize)] = &[
     ("cluster_submit", 1),
     ("clickhouse", 1),
     ("clickhouse", 2),
+    ("redis", 1),
+    ("alert_rules", 1),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -285,6 +287,8 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         "kafka_latency" => return latency_bench(50_000, 10, workers),
         "cluster_submit" => return submit_bench(30, workers),
         "clickhouse" => return clickhouse_bench((events / 50).min(2_000_000), workers),
+        "redis" => return redis_bench((events / 50).min(1_000_000), workers),
+        "alert_rules" => return alert_bench((events / 5).min(10_000_000), workers),
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -425,6 +429,168 @@ fn clickhouse_bench(rows: u64, workers: usize) -> anyhow::Result<serde_json::Val
     sink["sink_alone"] = alone;
     sink["raw_post"] = raw;
     Ok(sink)
+}
+
+/// Ops/s through the Redis sink (issue #5) vs `redis-benchmark` pipelining the same command
+/// (`HINCRBY key field 1`, 100 per pipeline) against the same server (Debian's, started here
+/// without persistence), alternating, 3 rounds each, medians. The sink is measured alone (rows
+/// written straight to it, as the ClickHouse benchmark does) and behind a job without a window.
+fn redis_bench(rows: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
+    let redis = tenantflow_tests::Redis::start_with(25_000 + (std::process::id() % 300) as u16 * 4, false);
+    let fields = vec![
+        ("tenant".to_string(), tenantflow_core::DataType::Int),
+        ("user".to_string(), tenantflow_core::DataType::Int),
+        ("ts".to_string(), tenantflow_core::DataType::Timestamp),
+        ("value".to_string(), tenantflow_core::DataType::Int),
+    ];
+    let located = |s: &str| tenantflow_core::job::Located { value: s.to_string(), key: String::new(), span: 0..0 };
+    let spec = tenantflow_core::job::RedisSinkSpec {
+        url: redis.url.clone(),
+        mode: tenantflow_core::job::RedisMode::Counter,
+        key: located("tf:{tenant}:by_user"),
+        fields: None,
+        value: Some(located("value")),
+        hash_field: Some(located("{user}")),
+        member: None,
+        increment: true,
+        keep_top: None,
+        max_len: None,
+        ttl: None,
+        batch_rows: 10_000,
+        batch_interval: 100_000,
+    };
+    let values: Vec<Vec<tenantflow_core::Value>> = (0..rows)
+        .map(|g| {
+            use tenantflow_core::Value;
+            vec![Value::Int((g % 100) as i64), Value::Int((g % 100_000) as i64), Value::Ts(g as i64), Value::Int((g % 1000) as i64)]
+        })
+        .collect();
+    let (mut bench, mut alone, mut job) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..3 {
+        let before = children_cpu_seconds();
+        let start = Instant::now();
+        let out = Command::new("redis-benchmark")
+            .args(["-p", &redis.port().to_string(), "-n", &rows.to_string(), "-P", "100", "-r", "100000", "-q"])
+            .args(["hincrby", "tf:bench", "__rand_int__", "1"])
+            .output()
+            .context("redis-benchmark (scripts/setup.sh installs redis-tools)")?;
+        let (secs, cpu) = (start.elapsed().as_secs_f64(), children_cpu_seconds() - before);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps: f64 = text
+            .rsplit(':')
+            .find_map(|part| part.split_whitespace().next().and_then(|n| n.parse().ok()).filter(|_| part.contains("requests per second")))
+            .with_context(|| format!("no requests per second in redis-benchmark's output: {text}"))?;
+        let mut r = result("redis_benchmark_pipelined", 1, rows, secs, cpu);
+        r["events_per_sec"] = rps.round().into();
+        bench.push(r);
+
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        let mut s = tenantflow_connectors::redis::RedisSink::open(&spec, &fields, &format!("bench{round}"), 0, false)?;
+        tenantflow_connectors::Sink::begin_time(&mut s, 1);
+        for row in &values {
+            tenantflow_connectors::Sink::write(&mut s, row)?;
+        }
+        tenantflow_connectors::Sink::finish(&mut s)?;
+        alone.push(result("redis_sink_alone", 1, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+
+        let text = format!(
+            "name = \"redis{round}\"\n{}\n\n[schema]\ntenant = \"tenant\"\n[schema.fields]\ntenant = \"int\"\nuser = \"int\"\nts = \"timestamp\"\nvalue = \"int\"\n\n[time]\nfield = \"ts\"\n\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\nmode = \"counter\"\nkey = \"tf:{{tenant}}:by_user\"\nhash_field = \"{{user}}\"\nvalue = \"value\"\n",
+            sequence_source(rows, 100_000),
+            redis.url
+        );
+        let (start, cpu0) = (Instant::now(), cpu_seconds());
+        let report = tenantflow(&text, workers)?;
+        if report.rows_out != rows {
+            bail!("the sink wrote {} rows of {rows}", report.rows_out);
+        }
+        job.push(result("tenantflow_redis_sink", workers, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+    }
+    let (bench, mut alone, mut job) = (median(bench), median(alone), median(job));
+    let vs = |r: &serde_json::Value| {
+        let ratio = r["events_per_sec"].as_f64().unwrap_or(0.0) / bench["events_per_sec"].as_f64().unwrap_or(1.0);
+        (ratio * 1000.0).round() / 1000.0
+    };
+    alone["vs_redis_benchmark"] = vs(&alone).into();
+    job["name"] = "redis".into();
+    job["vs_redis_benchmark"] = vs(&job).into();
+    job["sink_alone"] = alone;
+    job["redis_benchmark"] = bench;
+    Ok(job)
+}
+
+/// The middle of three results by events/s.
+fn median(mut v: Vec<serde_json::Value>) -> serde_json::Value {
+    v.sort_by(|a, b| a["events_per_sec"].as_f64().partial_cmp(&b["events_per_sec"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+    v.swap_remove(v.len() / 2)
+}
+
+/// CPU time of finished child processes (redis-benchmark).
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills a plain struct.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// The cost of alert rules (issue #5): a windowed job with 100k results per window, run
+/// without rules, with two rules that never fire (a threshold, and a drop against `prev()`), and
+/// with the threshold lowered so that every result fires; alternating, 3 rounds each (medians);
+/// reported as extra CPU-seconds per million window results.
+fn alert_bench(events: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
+    let hook = tenantflow_tests::Webhook::start();
+    let state = std::env::temp_dir().join(format!("tenantflow-alert-bench-{}", std::process::id()));
+    let base = format!(
+        "name = \"alerts\"\n{}\n\n[schema]\ntenant = \"tenant\"\n[schema.fields]\ntenant = \"int\"\nuser = \"int\"\nts = \"timestamp\"\nvalue = \"int\"\n\n[time]\nfield = \"ts\"\n\n[[steps]]\nwindow = {{ type = \"tumbling\", size = \"1s\" }}\nkey_by = [\"user\"]\naggregates = {{ n = \"count(*)\", total = \"sum(value)\" }}\n\n[[sinks]]\ntype = \"discard\"\n",
+        sequence_source(events, 100_000)
+    );
+    let rules = format!(
+        "\n[[alerts]]\nname = \"Busy\"\ncondition = \"n > 1000\"\nlabels = {{ severity = \"critical\" }}\nannotations = {{ summary = \"{{n}} events for {{user}}\" }}\n\n[[alerts]]\nname = \"Dropped\"\ncondition = \"total < 0.5 * prev(total)\"\n\n[alerting]\nstate_dir = \"{}\"\n[alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\", \"tenant\"]\n\n[[alerting.receivers]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
+        state.display(),
+        hook.url
+    );
+    // Every result fires: the cost of building, deduplicating and grouping alerts too.
+    let firing = rules.replace("condition = \"n > 1000\"", "condition = \"n >= 1\"");
+    let texts = [base.clone(), base.clone() + &rules, base + &firing];
+    let mut runs: [Vec<serde_json::Value>; 3] = Default::default();
+    let mut results = 0;
+    for _ in 0..3 {
+        for (text, out) in texts.iter().zip(runs.iter_mut()) {
+            let _ = std::fs::remove_dir_all(&state);
+            let (start, cpu0) = (Instant::now(), cpu_seconds());
+            let report = tenantflow(text, workers)?;
+            results = report.rows_out;
+            out.push(result("alert_rules", workers, events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    let cpu = |v: &[serde_json::Value]| {
+        let mut c: Vec<f64> = v.iter().filter_map(|r| r["cpu_seconds"].as_f64()).collect();
+        c.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        c[c.len() / 2]
+    };
+    let per_million = |v: &[serde_json::Value]| ((cpu(v) - cpu(&runs[0])) / results as f64 * 1e6 * 1000.0).round() / 1000.0;
+    let (quiet, loud) = (per_million(&runs[1]), per_million(&runs[2]));
+    let [plain, quiet_runs, loud_runs] = runs;
+    let (plain, quiet_runs, loud_runs) = (median(plain), median(quiet_runs), median(loud_runs));
+    let ratio = |r: &serde_json::Value| {
+        (r["events_per_sec"].as_f64().unwrap_or(0.0) / plain["events_per_sec"].as_f64().unwrap_or(1.0) * 1000.0).round() / 1000.0
+    };
+    Ok(serde_json::json!({
+        "name": "alert_rules",
+        "workers": workers,
+        "events": events,
+        "window_results": results,
+        "rules": 2,
+        "extra_cpu_seconds_per_million_results_none_fire": quiet,
+        "extra_cpu_seconds_per_million_results_all_fire": loud,
+        "ratio_events_per_sec_none_fire": ratio(&quiet_runs),
+        "ratio_events_per_sec_all_fire": ratio(&loud_runs),
+        "notifications": hook.received().len(),
+        "without_rules": plain,
+        "rules_none_fire": quiet_runs,
+        "rules_all_fire": loud_runs,
+    }))
 }
 
 /// Submit-to-running latency (issue #4): a 2-process cluster (`tenantflow cluster start`, the

@@ -32,15 +32,20 @@ struct Rule {
     condition: CompiledExpr,
     labels: Vec<(String, String)>,
     annotations: Vec<(String, BoundTemplate)>,
-    /// Per series: the previous row and whether the series' alert fires.
-    series: HashMap<Vec<Value>, (Vec<Value>, bool)>,
 }
 
-/// What rules remember, for checkpoints: per rule, (series, previous row, firing).
-pub type RulesSnapshot = Vec<Vec<(Vec<Value>, Vec<Value>, bool)>>;
+/// What rules remember, for checkpoints: per series, its previous row and which rules fire
+/// (bit i: rule i).
+pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, u64)>;
+
+/// Rules per job, at most: a series keeps which of them fire in one word.
+pub const MAX_RULES: usize = 64;
 
 pub struct AlertRules {
     rules: Vec<Rule>,
+    /// Per series (tenant and window key): the previous row and which rules fire. One lookup
+    /// per row serves every rule.
+    series: HashMap<Vec<Value>, (Vec<Value>, u64)>,
     manager: ManagerHandle,
     job: String,
     /// Output positions of the series' fields (tenant first) and their label names.
@@ -71,7 +76,7 @@ impl AlertRules {
         let schema = plan.alert_schema();
         let names = schema.names();
         let mut rules = Vec::new();
-        for (i, r) in plan.spec.alerts.iter().enumerate() {
+        for r in &plan.spec.alerts {
             let condition = expr::compile(&r.condition.value, &schema).map_err(|e| format!("alert {}: {}", r.name, e.message))?;
             let annotations = r
                 .annotations
@@ -83,12 +88,12 @@ impl AlertRules {
             if !labels.iter().any(|(k, _)| k == "severity") {
                 labels.push(("severity".into(), "warning".into()));
             }
-            let series = restored
-                .and_then(|s| s.get(i))
-                .map(|list| list.iter().map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect())
-                .unwrap_or_default();
-            rules.push(Rule { name: r.name.clone(), condition, labels, annotations, series });
+            rules.push(Rule { name: r.name.clone(), condition, labels, annotations });
         }
+        if rules.len() > MAX_RULES {
+            return Err(format!("a job has at most {MAX_RULES} alert rules, this one has {}", rules.len()));
+        }
+        let series = restored.map(|s| s.iter().map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect()).unwrap_or_default();
         let out_names = plan.output.names();
         let tenant = plan.spec.schema.tenant.value.as_str();
         let mut series_pos = Vec::new();
@@ -110,6 +115,7 @@ impl AlertRules {
         manager.check_connections().map_err(|e| e.to_string())?;
         Ok(Some(AlertRules {
             rules,
+            series,
             manager: tenantflow_alerts::spawn(manager),
             job: plan.spec.name.clone(),
             series_pos,
@@ -124,53 +130,35 @@ impl AlertRules {
     pub fn eval(&mut self, row: &[Value]) {
         self.key.clear();
         self.key.extend(self.series_pos.iter().map(|&p| row[p].clone()));
-        for rule in &mut self.rules {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(row);
-            let state = rule.series.get_mut(&self.key);
-            match &state {
-                Some((prev, _)) => self.scratch.extend_from_slice(prev),
-                None => self.scratch.resize(row.len() * 2, Value::Null),
-            }
+        let state = self.series.get_mut(&self.key);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(row);
+        match &state {
+            Some((prev, _)) => self.scratch.extend_from_slice(prev),
+            None => self.scratch.resize(row.len() * 2, Value::Null),
+        }
+        let was = state.as_ref().map_or(0, |(_, f)| *f);
+        let mut firing = 0u64;
+        for (i, rule) in self.rules.iter().enumerate() {
             let holds = rule.condition.eval_bool(&self.scratch);
-            let was_firing = state.as_ref().is_some_and(|(_, f)| *f);
-            match state {
-                Some((prev, firing)) => {
-                    prev.clone_from_slice(row);
-                    *firing = holds;
-                }
-                None => {
-                    rule.series.insert(self.key.clone(), (row.to_vec(), holds));
-                }
+            firing |= u64::from(holds) << i;
+            if holds || was & (1 << i) != 0 {
+                self.manager.push(alert(rule, &self.job, &self.series_labels, &self.key, &self.scratch, holds, &mut self.text));
             }
-            if !holds && !was_firing {
-                continue;
+        }
+        match state {
+            Some((prev, f)) => {
+                prev.clone_from_slice(row);
+                *f = firing;
             }
-            let now = time::now_micros();
-            let mut labels = BTreeMap::new();
-            labels.insert("alertname".to_string(), rule.name.clone());
-            labels.insert("job".to_string(), self.job.clone());
-            for (name, v) in self.series_labels.iter().zip(&self.key) {
-                labels.insert(name.clone(), label_value(v));
+            None => {
+                self.series.insert(self.key.clone(), (row.to_vec(), firing));
             }
-            for (k, v) in &rule.labels {
-                labels.insert(k.clone(), v.clone());
-            }
-            let mut alert = Alert::new(labels, now);
-            for (k, t) in &rule.annotations {
-                t.render_into(&self.scratch, &mut self.text);
-                alert = alert.annotate(k, &self.text);
-            }
-            // A series that stops matching resolves its alert.
-            if !holds {
-                alert.ends_at = Some(now);
-            }
-            self.manager.push(alert);
         }
     }
 
     pub fn snapshot(&self) -> RulesSnapshot {
-        self.rules.iter().map(|r| r.series.iter().map(|(k, (prev, f))| (k.clone(), prev.clone(), *f)).collect()).collect()
+        self.series.iter().map(|(k, (prev, f))| (k.clone(), prev.clone(), *f)).collect()
     }
 
     pub fn stats(&self) -> tenantflow_alerts::Stats {
@@ -183,6 +171,29 @@ impl AlertRules {
         self.manager.flush_now();
         self.manager.close()
     }
+}
+
+/// The alert of `rule` for a series: firing when the condition `holds`, else resolved now.
+fn alert(rule: &Rule, job: &str, names: &[String], key: &[Value], scratch: &[Value], holds: bool, text: &mut String) -> Alert {
+    let now = time::now_micros();
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname".to_string(), rule.name.clone());
+    labels.insert("job".to_string(), job.to_string());
+    for (name, v) in names.iter().zip(key) {
+        labels.insert(name.clone(), label_value(v));
+    }
+    for (k, v) in &rule.labels {
+        labels.insert(k.clone(), v.clone());
+    }
+    let mut alert = Alert::new(labels, now);
+    for (k, t) in &rule.annotations {
+        t.render_into(scratch, text);
+        alert = alert.annotate(k, text.as_str());
+    }
+    if !holds {
+        alert.ends_at = Some(now);
+    }
+    alert
 }
 
 fn label_value(v: &Value) -> String {

@@ -157,23 +157,38 @@ impl Drop for ClickHouse {
 pub struct Redis {
     child: std::process::Child,
     port: u16,
+    persistent: bool,
     pub url: String,
     dir: tempfile::TempDir,
 }
 
 impl Redis {
     pub fn start(port: u16) -> Redis {
+        Redis::start_with(port, true)
+    }
+
+    /// Without `persistent`, nothing is written to disk (benchmarks).
+    pub fn start_with(port: u16, persistent: bool) -> Redis {
         assert!(Path::new("/usr/bin/redis-server").exists(), "redis-server is missing: scripts/setup.sh installs it");
         let dir = tempfile::tempdir().expect("tempdir");
-        let child = Self::spawn(dir.path(), port);
-        let r = Redis { child, port, url: format!("redis://127.0.0.1:{port}"), dir };
+        let child = Self::spawn(dir.path(), port, persistent);
+        let r = Redis { child, port, persistent, url: format!("redis://127.0.0.1:{port}"), dir };
         r.wait_ready();
         r
     }
 
-    fn spawn(dir: &Path, port: u16) -> std::process::Child {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn(dir: &Path, port: u16, persistent: bool) -> std::process::Child {
         std::process::Command::new("/usr/bin/redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .args(if persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(dir)
             .stdout(std::process::Stdio::null())
@@ -212,7 +227,7 @@ impl Redis {
 
     /// Starts the server again on the same data and port.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(self.dir.path(), self.port);
+        self.child = Self::spawn(self.dir.path(), self.port, self.persistent);
         self.wait_ready();
     }
 }

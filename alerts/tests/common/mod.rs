@@ -117,6 +117,11 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start(rcpt_reply: &'static str) -> SmtpServer {
+        SmtpServer::start_with_auth(rcpt_reply, None)
+    }
+
+    /// Also offers AUTH PLAIN and accepts only the credentials whose base64 form is `auth`.
+    pub fn start_with_auth(rcpt_reply: &'static str, auth: Option<&'static str>) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -126,7 +131,7 @@ impl SmtpServer {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 s.fetch_add(1, Ordering::SeqCst);
-                let _ = smtp_session(conn, &m, rcpt_reply);
+                let _ = smtp_session(conn, &m, rcpt_reply, auth);
             }
         });
         SmtpServer { port, messages, sessions }
@@ -137,7 +142,7 @@ impl SmtpServer {
     }
 }
 
-fn smtp_session(conn: TcpStream, messages: &Mutex<Vec<String>>, rcpt_reply: &str) -> std::io::Result<()> {
+fn smtp_session(conn: TcpStream, messages: &Mutex<Vec<String>>, rcpt_reply: &str, auth: Option<&str>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut w = conn;
     w.write_all(b"220 localhost ESMTP test\r\n")?;
@@ -147,8 +152,16 @@ fn smtp_session(conn: TcpStream, messages: &Mutex<Vec<String>>, rcpt_reply: &str
             return Ok(());
         }
         let cmd = line.trim_end().to_ascii_uppercase();
-        let reply = if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
+        let reply = if (cmd.starts_with("EHLO") || cmd.starts_with("HELO")) && auth.is_some() {
+            "250-localhost\r\n250 AUTH PLAIN\r\n"
+        } else if cmd.starts_with("EHLO") || cmd.starts_with("HELO") {
             "250 localhost\r\n"
+        } else if cmd.starts_with("AUTH PLAIN") {
+            if auth.is_some_and(|a| line.trim_end().ends_with(a)) {
+                "235 2.7.0 authenticated\r\n"
+            } else {
+                "535 5.7.8 authentication failed\r\n"
+            }
         } else if cmd.starts_with("RCPT") {
             rcpt_reply
         } else if cmd.starts_with("DATA") {
