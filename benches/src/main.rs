@@ -414,10 +414,6 @@ fn clickhouse_bench(rows: u64, workers: usize) -> anyhow::Result<serde_json::Val
         }
         sink.push(result("tenantflow_clickhouse_sink", workers, rows, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
     }
-    let median = |mut v: Vec<serde_json::Value>| {
-        v.sort_by(|a, b| a["events_per_sec"].as_f64().partial_cmp(&b["events_per_sec"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
-        v.swap_remove(1)
-    };
     let (raw, mut sink, mut alone) = (median(raw), median(sink), median(alone));
     let vs_raw = |r: &serde_json::Value| {
         let ratio = r["events_per_sec"].as_f64().unwrap_or(0.0) / raw["events_per_sec"].as_f64().unwrap_or(1.0);
@@ -713,10 +709,6 @@ fn kafka_bench(events: u64, workers: usize) -> anyhow::Result<serde_json::Value>
         bares.push(bare_consumer(&bootstrap, partitions, events, round)?);
         jobs.push(kafka_job(&bootstrap, events, workers)?);
     }
-    let median = |mut v: Vec<serde_json::Value>| {
-        v.sort_by(|a, b| a["events_per_sec"].as_f64().partial_cmp(&b["events_per_sec"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
-        v.swap_remove(1)
-    };
     let (bare, mut tf) = (median(bares), median(jobs));
     let ratio = tf["events_per_sec"].as_f64().unwrap_or(0.0) / bare["events_per_sec"].as_f64().unwrap_or(1.0);
     let cpu_ratio = tf["events_per_cpu_sec"].as_f64().unwrap_or(0.0) / bare["events_per_cpu_sec"].as_f64().unwrap_or(1.0);
