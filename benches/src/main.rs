@@ -315,10 +315,6 @@ fn checkpoint_overhead(name: &str, text: &str, events: u64, workers: usize, roun
     let _ = std::fs::remove_dir_all(checkpoint_dir(name));
     let rates = |v: &[serde_json::Value]| v.iter().map(|r| r["events_per_sec"].clone()).collect::<Vec<_>>();
     let rounds = serde_json::json!({"no_checkpoints": rates(&plain), "checkpoint_every_1s": rates(&checkpointed)});
-    let median = |mut v: Vec<serde_json::Value>| {
-        v.sort_by(|a, b| a["events_per_sec"].as_f64().partial_cmp(&b["events_per_sec"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
-        v.swap_remove(v.len() / 2)
-    };
     let (plain, checkpointed) = (median(plain), median(checkpointed));
     let ratio = |key: &str| {
         let r = checkpointed[key].as_f64().unwrap_or(0.0) / plain[key].as_f64().unwrap_or(1.0);
