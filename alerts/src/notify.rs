@@ -341,18 +341,19 @@ impl Receiver {
         let target = match &spec.kind {
             ReceiverKind::Webhook { url, secret, timeout: t } => {
                 timeout = *t;
-                Target::Webhook { url: http_url(name, url)?, secret: secret.clone() }
+                Target::Webhook { url: http_url(name, url)?, secret: secret.as_ref().map(|s| s.resolve()).transpose().map_err(cfg)? }
             }
             ReceiverKind::Slack { url, channel, timeout: t } => {
                 timeout = *t;
-                Target::Slack { url: http_url(name, url)?, channel: channel.clone() }
+                Target::Slack { url: http_url(name, &url.resolve().map_err(cfg)?)?, channel: channel.clone() }
             }
             ReceiverKind::PagerDuty { url, routing_key, timeout: t } => {
                 timeout = *t;
+                let routing_key = routing_key.resolve().map_err(cfg)?;
                 if routing_key.is_empty() {
                     return Err(cfg("routing_key is empty".into()));
                 }
-                Target::PagerDuty { url: http_url(name, url)?, routing_key: routing_key.clone() }
+                Target::PagerDuty { url: http_url(name, url)?, routing_key }
             }
             ReceiverKind::Email { smtp, from, to, username, password, starttls } => {
                 let (host, port) = smtp
@@ -366,7 +367,7 @@ impl Receiver {
                     b = b.tls(Tls::Required(params));
                 }
                 match (username, password) {
-                    (Some(u), Some(p)) => b = b.credentials(Credentials::new(u.clone(), p.clone())),
+                    (Some(u), Some(p)) => b = b.credentials(Credentials::new(u.clone(), p.resolve().map_err(cfg)?)),
                     (None, None) => {}
                     _ => return Err(cfg("username and password go together".into())),
                 }

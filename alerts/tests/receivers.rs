@@ -40,7 +40,7 @@ fn slack_and_pagerduty_payloads_follow_their_formats() {
         ReceiverSpec {
             name: "slack".into(),
             send_resolved: true,
-            kind: ReceiverKind::Slack { url: slack.url("/services/T/B/X"), channel: Some("#alerts".into()), timeout: 2 * S },
+            kind: ReceiverKind::Slack { url: slack.url("/services/T/B/X").into(), channel: Some("#alerts".into()), timeout: 2 * S },
         },
         ReceiverSpec {
             name: "pd".into(),

@@ -77,14 +77,44 @@ pub struct ReceiverSpec {
     pub kind: ReceiverKind,
 }
 
+/// A secret in a job file: given inline, or the name of an environment variable read when the
+/// job starts (on the process that sends notifications, which need not be where the job was
+/// validated).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Secret {
+    Value(String),
+    Env(String),
+}
+
+impl Secret {
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Value(v) => Ok(v.clone()),
+            Secret::Env(name) => std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set")),
+        }
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(v: &str) -> Secret {
+        Secret::Value(v.to_string())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(v: String) -> Secret {
+        Secret::Value(v)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReceiverKind {
     /// Alertmanager's webhook JSON, signed with HMAC-SHA256 when a secret is set.
-    Webhook { url: String, secret: Option<String>, timeout: i64 },
-    /// A Slack incoming webhook.
-    Slack { url: String, channel: Option<String>, timeout: i64 },
+    Webhook { url: String, secret: Option<Secret>, timeout: i64 },
+    /// A Slack incoming webhook (its URL is the secret).
+    Slack { url: Secret, channel: Option<String>, timeout: i64 },
     /// PagerDuty Events API v2 (trigger, and resolve with the same `dedup_key`).
-    PagerDuty { url: String, routing_key: String, timeout: i64 },
+    PagerDuty { url: String, routing_key: Secret, timeout: i64 },
     /// Email over SMTP.
     Email {
         /// `host:port`
@@ -92,7 +122,7 @@ pub enum ReceiverKind {
         from: String,
         to: Vec<String>,
         username: Option<String>,
-        password: Option<String>,
+        password: Option<Secret>,
         starttls: bool,
     },
     /// PUBLISH of the webhook JSON on a Redis channel.

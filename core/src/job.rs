@@ -11,7 +11,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::alerting::{AlertRuleSpec, AlertingSpec, InhibitRuleSpec, Matcher, ReceiverKind, ReceiverSpec, RouteSpec};
+use crate::alerting::{AlertRuleSpec, AlertingSpec, InhibitRuleSpec, Matcher, ReceiverKind, ReceiverSpec, RouteSpec, Secret};
 use crate::time;
 use crate::value::DataType;
 
@@ -1421,20 +1421,23 @@ fn read_route(cx: &mut Cx, t: &T, root: bool, receivers: &[ReceiverSpec]) -> Opt
     })
 }
 
-/// A secret given inline (`key`) or by environment variable (`key_env`), read now so that a
-/// missing variable is reported with the job file's line.
-fn secret(cx: &mut Cx, t: &T, k: &str) -> Option<String> {
+/// A secret given inline (`key`) or by environment variable (`key_env`). The variable is read
+/// when the job starts, where the notifications are sent: every process of a cluster validates
+/// the job, and only one needs the secret.
+fn secret(cx: &mut Cx, t: &T, k: &str) -> Option<Secret> {
     let env_key = format!("{k}_env");
-    if let Some(v) = t.string(cx, k) {
-        return Some(v.value);
-    }
-    let var = t.string(cx, &env_key)?;
-    match std::env::var(&var.value) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            cx.err(&var.span, &var.key, format!("environment variable `{}` is not set", var.value));
+    match (t.string(cx, k), t.string(cx, &env_key)) {
+        (Some(_), Some(var)) => {
+            cx.err(&var.span, &var.key, format!("give either `{k}` or `{env_key}`, not both"));
             None
         }
+        (Some(v), None) => Some(Secret::Value(v.value)),
+        (None, Some(var)) if var.value.is_empty() => {
+            cx.err(&var.span, &var.key, "expected the name of an environment variable");
+            None
+        }
+        (None, Some(var)) => Some(Secret::Env(var.value)),
+        (None, None) => None,
     }
 }
 
@@ -1470,7 +1473,7 @@ fn read_receiver(cx: &mut Cx, t: &T) -> Option<ReceiverSpec> {
         K::Slack => {
             t.check_keys(cx, &["name", "type", "url", "url_env", "channel", "timeout", "send_resolved"]);
             let url = match t.get("url") {
-                Some(_) => http_url(cx, t, "url", "the Slack incoming-webhook URL")?,
+                Some(_) => Secret::Value(http_url(cx, t, "url", "the Slack incoming-webhook URL")?),
                 None => match secret(cx, t, "url") {
                     Some(u) => u,
                     None => {

@@ -192,6 +192,12 @@ fn alerting_mistakes_are_reported_with_file_line_and_key_and_dead_receivers_stop
     let err = validate(job(d, good).replace("group_by = [\"alertname\", \"tenant\"]", "matchers = [\"severity=~\\\"(\\\"\"]"));
     assert!(err.contains("alerting.route.matchers") && err.contains("unknown key"), "{err}");
 
+    // A secret from an environment variable that is not set: the job stops when it starts.
+    let out = run(d, &job(d, &good.replace("url = ", "secret_env = \"TF_TEST_UNSET_SECRET\"\nurl = ")));
+    assert!(!out.status.success(), "a job without its secret ran");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("receiver `hook`") && err.contains("`TF_TEST_UNSET_SECRET` is not set"), "{err}");
+
     // An SMTP server that is not there: the job stops when it starts, naming the receiver.
     let mail = "[[alerting.receivers]]\nname = \"hook\"\ntype = \"email\"\nsmtp = \"127.0.0.1:9\"\nfrom = \"tf@example.com\"\nto = [\"ops@example.com\"]\nstarttls = false\n";
     let out = run(d, &job(d, mail));

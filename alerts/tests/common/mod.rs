@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tenantflow_core::alerting::{AlertingSpec, Matcher, ReceiverKind, ReceiverSpec, RouteSpec};
+use tenantflow_core::alerting::{AlertingSpec, Matcher, ReceiverKind, ReceiverSpec, RouteSpec, Secret};
 
 pub const S: i64 = 1_000_000;
 /// 2023-11-14T22:13:20Z
@@ -236,7 +236,7 @@ pub fn webhook(name: &str, url: &str, send_resolved: bool, secret: Option<&str>)
     ReceiverSpec {
         name: name.into(),
         send_resolved,
-        kind: ReceiverKind::Webhook { url: url.into(), secret: secret.map(String::from), timeout: 2 * S },
+        kind: ReceiverKind::Webhook { url: url.into(), secret: secret.map(Secret::from), timeout: 2 * S },
     }
 }
 
