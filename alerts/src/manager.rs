@@ -313,11 +313,12 @@ impl Manager {
             for key in due {
                 self.flush(&key, &mutes, now);
             }
-            // Written before anything of this tick is delivered: a notification that reached
-            // its receiver is always in the log a restart reads.
-            if let Err(e) = self.nflog.save() {
-                tracing::error!(job = %self.job, "notification log: {e}");
-            }
+        }
+        // Written before anything is delivered: a notification that reached its receiver is
+        // always in the log a restart reads. If it cannot be written, delivery waits.
+        if let Err(e) = self.nflog.save() {
+            tracing::error!(job = %self.job, "notification log: {e}");
+            return;
         }
         if now.saturating_sub(self.last_gc) >= 600_000_000 {
             self.last_gc = now;
@@ -394,17 +395,25 @@ impl Manager {
         }
         let entry = self.nflog.get(key, &group.receiver);
         if nflog::needs_update(entry, &firing, &resolved, receiver.send_resolved, group.repeat_interval, now) {
+            // The newest notification of a group tells its whole state: older undelivered ones
+            // for the same receiver are superseded, and the resolutions they carried (whose
+            // alerts have left the group) are carried forward.
+            let superseded: Vec<String> = self
+                .outbox
+                .entries
+                .iter()
+                .filter(|(_, e)| e.notification.group_key == key && e.notification.receiver == group.receiver)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &superseded {
+                for a in self.outbox.entries.get(id).map(|e| e.notification.alerts.as_slice()).unwrap_or_default() {
+                    if !a.firing() && !alerts.iter().any(|b| b.fingerprint == a.fingerprint) {
+                        alerts.push(a.clone());
+                    }
+                }
+            }
             if !alerts.is_empty() {
                 let n = Notification::new(&group.receiver, key, group.labels.clone(), alerts, now);
-                // The newest notification of a group tells its whole state: older undelivered
-                // ones for the same receiver are superseded.
-                let superseded: Vec<String> = self
-                    .outbox
-                    .entries
-                    .iter()
-                    .filter(|(_, e)| e.notification.group_key == key && e.notification.receiver == group.receiver)
-                    .map(|(id, _)| id.clone())
-                    .collect();
                 let id = n.id.clone();
                 if let Err(e) = self.outbox.put(OutboxEntry { notification: n, attempts: 0, next_attempt_at: now }) {
                     // Not logged as sent: the next flush tries again.

@@ -407,6 +407,7 @@ impl Receiver {
             },
             Target::Redis { client, .. } => {
                 let mut conn = client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(|e| fail(e.to_string()))?;
+                conn.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(|e| fail(e.to_string()))?;
                 redis::cmd("PING").query::<String>(&mut conn).map(|_| ()).map_err(|e| fail(e.to_string()))
             }
             _ => Ok(()),
@@ -449,7 +450,13 @@ impl Receiver {
                 let body = serde_json::to_string(&n.webhook_json()).map_err(|e| SendError::Permanent(e.to_string()))?;
                 let c = match conn {
                     Some(c) => c,
-                    None => conn.insert(client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(redis_error)?),
+                    None => {
+                        let c = client.get_connection_with_timeout(CONNECT_TIMEOUT).map_err(redis_error)?;
+                        // A Redis that accepts and then hangs must not hold the manager's thread.
+                        c.set_read_timeout(Some(CONNECT_TIMEOUT)).map_err(redis_error)?;
+                        c.set_write_timeout(Some(CONNECT_TIMEOUT)).map_err(redis_error)?;
+                        conn.insert(c)
+                    }
                 };
                 let result = redis::cmd("PUBLISH").arg(channel.as_str()).arg(body).query::<i64>(c);
                 match result {

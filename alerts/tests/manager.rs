@@ -492,3 +492,40 @@ fn invalid_configurations_are_refused() {
     let e = Manager::new(&ok(), "job1", Silences::in_memory(), clock.clone(), Path::new("/proc/no/such/dir")).err();
     assert!(matches!(e, Some(AlertError::Io { .. })), "{e:?}");
 }
+
+/// A notification stuck behind a failing receiver is superseded by the group's next one, which
+/// carries the resolutions the stuck one held (their alerts have left the group).
+#[test]
+fn a_superseding_notification_keeps_the_resolutions_of_the_one_it_replaces() {
+    let server = HttpServer::start(200);
+    server.answer(&[503, 503, 503]);
+    let clock = Arc::new(ManualClock::new(T0));
+    let spec = spec(root("hook", &["alertname"], 10, 60, 3600), vec![webhook("hook", &server.url("/"), true, None)]);
+    let state = tempdir("supersede");
+    let mut m = manager(&spec, &state, &clock);
+    m.push(alert("A", &[("instance", "a")], T0));
+    m.push(alert("A", &[("instance", "b")], T0));
+    at(&clock, &mut m, T0 + 10 * S);
+    let mut b = alert("A", &[("instance", "b")], T0);
+    b.ends_at = Some(T0 + 20 * S);
+    m.push(b);
+    at(&clock, &mut m, T0 + 20 * S);
+    at(&clock, &mut m, T0 + 70 * S);
+    m.push(alert("A", &[("instance", "c")], T0 + 80 * S));
+    at(&clock, &mut m, T0 + 130 * S);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 4, "three refusals, then one delivery");
+    let last = reqs[3].json();
+    let status: Vec<(String, String)> = last["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .map(|a| (a["labels"]["instance"].as_str().unwrap_or_default().to_string(), a["status"].as_str().unwrap_or_default().to_string()))
+        .collect();
+    let mut status = status;
+    status.sort();
+    assert_eq!(
+        status,
+        [("a".to_string(), "firing".to_string()), ("b".to_string(), "resolved".to_string()), ("c".to_string(), "firing".to_string())]
+    );
+}

@@ -75,6 +75,9 @@ impl Api {
     /// Loads the book and submits again the jobs that had not ended.
     pub fn open(control: Control, data_dir: PathBuf, cluster: ClusterInfo) -> anyhow::Result<Api> {
         std::fs::create_dir_all(&data_dir)?;
+        // Before any job is submitted again: every job's alert manager must see these.
+        let silences = tenantflow_alerts::Silences::open(Some(data_dir.join("silences.json")))?;
+        tenantflow_engine::alerting::set_silences(silences.clone());
         let path = data_dir.join("jobs.json");
         let book: Book = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
@@ -90,8 +93,6 @@ impl Api {
             }
         }
         let agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_millis(500))).build().into();
-        let silences = tenantflow_alerts::Silences::open(Some(data_dir.join("silences.json")))?;
-        tenantflow_engine::alerting::set_silences(silences.clone());
         Ok(Api {
             silences,
             control,

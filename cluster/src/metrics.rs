@@ -127,7 +127,7 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     let ck_age = gauge(&r, "checkpoint_age_seconds", "Seconds since the last checkpoint was committed", &["job_id"])?;
     let alerts_received = counter(&r, "alerts_received_total", "Alerts the job's rules fired or resolved", &["job_id"])?;
     let alerts_firing = gauge(&r, "alerts_firing", "Alerts firing now", &["job_id"])?;
-    let alerts_muted = gauge(&r, "alerts_muted", "Firing alerts muted at the last notification, by why", &["job_id", "reason"])?;
+    let alerts_muted = gauge(&r, "alerts_muted", "Alerts muted at the last notification, by why", &["job_id", "reason"])?;
     let outbox = gauge(&r, "alert_outbox_notifications", "Notifications waiting in the outbox for delivery", &["job_id"])?;
     let notifications = counter(
         &r,

@@ -366,6 +366,10 @@ impl Sink for ClickHouseSink {
         self.finish().map(|()| None)
     }
 
+    fn pending(&self) -> bool {
+        self.rows > 0
+    }
+
     fn retries(&self) -> u64 {
         self.sender.retries.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -9,15 +9,18 @@
 //! | `stream` | `XADD key [MAXLEN ~ n] * field value ...` |
 //! | `pubsub` | `PUBLISH channel <row as JSON>` |
 //!
-//! and `EXPIRE key ttl` after each when `ttl` is set. Keys are templates that must name the
+//! and `PEXPIRE key ttl` after each when `ttl` is set. Keys are templates that must name the
 //! tenant field, so tenants never share a key.
 //!
 //! Exactly once, also for increments and streams that are not idempotent by themselves: each
 //! transaction also sets a marker key (`tenantflow:sink:<job>:<sink index>`) to how far the
-//! output went, as (Timely timestamp, rows of that timestamp). A timestamp's rows come sorted
-//! and are the same in every run (see docs/ARCHITECTURE.md, Determinism), so after a restore
-//! the sink skips rows up to the marker, and a transaction retried after a lost reply is skipped
-//! when the marker shows it was applied. A job started without restore deletes the marker.
+//! output went, as (Timely timestamp, rows of that timestamp). An event-time window's results
+//! come at the same timestamp, sorted, in every run (see docs/ARCHITECTURE.md, Determinism), so
+//! a restored run skips rows up to the marker. Each transaction is sent after `WATCH`ing the
+//! marker and reading it: a transaction retried after a lost reply is skipped when the marker
+//! shows it applied, and a first attempt that reaches Redis late (after a partition) is aborted
+//! by the `WATCH`, since the retry changed the marker. A run that does not continue the output
+//! deletes the marker and writes everything (at least once across restores).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -63,15 +66,16 @@ pub struct RedisSink {
 }
 
 impl RedisSink {
-    /// Connects and, when `restoring`, reads how far a previous run wrote; otherwise starts the
-    /// output afresh. Configuration errors (bad URL, refused password, unknown field) surface
-    /// here, when the job starts.
+    /// Connects and, when `continue_output` (a restore of a job whose results come at the same
+    /// timestamps in every run), reads how far a previous run wrote; otherwise starts the output
+    /// afresh. Configuration errors (bad URL, refused password, unknown field) surface here,
+    /// when the job starts.
     pub fn open(
         spec: &RedisSinkSpec,
         fields: &[(String, DataType)],
         job: &str,
         sink_index: usize,
-        restoring: bool,
+        continue_output: bool,
     ) -> Result<RedisSink, ConnectorError> {
         let err = |e: String| ConnectorError::Sink(format!("redis {}: {e}", redact(&spec.url)));
         let names: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
@@ -97,7 +101,7 @@ impl RedisSink {
         let client = redis::Client::open(spec.url.as_str()).map_err(|e| err(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
         let mut conn = runtime.block_on(connect(&client)).map_err(|e| err(format!("connecting: {e}")))?;
-        let skip_through = if restoring {
+        let skip_through = if continue_output {
             runtime.block_on(read_marker(&mut conn, &marker_key)).map_err(|e| err(format!("reading {marker_key}: {e}")))?
         } else {
             runtime
@@ -204,7 +208,8 @@ impl RedisSink {
             return Ok(());
         }
         let end = (self.time, self.index);
-        self.pipe.cmd("SET").arg(&self.marker_key).arg(format!("{} {}", end.0, end.1)).ignore();
+        // Not ignored: its "OK" tells an applied transaction from one the WATCH aborted.
+        self.pipe.cmd("SET").arg(&self.marker_key).arg(format!("{} {}", end.0, end.1));
         let pipe = std::mem::replace(&mut self.pipe, transaction());
         self.sender.send(Job::Batch(pipe, end))?;
         self.rows = 0;
@@ -351,8 +356,9 @@ fn transient(e: &redis::RedisError) -> bool {
         || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain))
 }
 
-/// Applies one transaction, retrying until Redis takes it or refuses it. Before a retry the
-/// marker is read: a transaction whose reply was lost may have been applied already.
+/// Applies one transaction, retrying until Redis takes it or refuses it. Before each attempt
+/// the marker is watched and read: a transaction whose reply was lost may have been applied
+/// already, and an attempt delayed in the network must not apply after a later one did.
 async fn apply(
     client: &redis::Client,
     conn: &mut Option<redis::aio::MultiplexedConnection>,
@@ -363,7 +369,7 @@ async fn apply(
     shutdown: &AtomicBool,
 ) -> Result<(), String> {
     let mut backoff = BACKOFF_MIN;
-    let mut retrying = false;
+    let mut aborted = 0;
     loop {
         if shutdown.load(Relaxed) {
             return Err("redis sink: closed while retrying".into());
@@ -372,17 +378,27 @@ async fn apply(
             if conn.is_none() {
                 *conn = Some(connect(client).await?);
             }
-            let Some(c) = conn.as_mut() else { return Ok(()) };
-            if retrying && read_marker(c, marker_key).await?.is_some_and(|m| m >= end) {
-                return Ok(());
+            let Some(c) = conn.as_mut() else { return Ok(true) };
+            redis::cmd("WATCH").arg(marker_key).query_async::<()>(c).await?;
+            if read_marker(c, marker_key).await?.is_some_and(|m| m >= end) {
+                redis::cmd("UNWATCH").query_async::<()>(c).await?;
+                return Ok(true);
             }
-            pipe.query_async::<()>(c).await
+            // EXEC answers nil when the marker changed since the WATCH.
+            Ok(pipe.query_async::<Option<(String,)>>(c).await?.is_some())
         };
         match attempt.await {
-            Ok(()) => return Ok(()),
+            Ok(true) => return Ok(()),
+            // Someone moved the marker meanwhile (a delayed attempt): look again. Over and over
+            // means another writer shares it.
+            Ok(false) => {
+                aborted += 1;
+                if aborted >= 10 {
+                    return Err(format!("redis sink: {marker_key} keeps changing under it; does another job with this name write here?"));
+                }
+            }
             Err(e) if transient(&e) => {
                 *conn = None;
-                retrying = true;
                 retries.fetch_add(1, Relaxed);
                 tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "redis write failed: {e}");
                 tokio::time::sleep(backoff.mul_f64(0.5 + jitter_unit())).await;
@@ -437,6 +453,10 @@ impl Sink for RedisSink {
     /// marker when they come again after a restore.
     fn checkpoint(&mut self) -> io::Result<Option<u64>> {
         self.finish().map(|()| None)
+    }
+
+    fn pending(&self) -> bool {
+        self.rows > 0
     }
 
     fn retries(&self) -> u64 {

@@ -34,6 +34,12 @@ pub trait Sink {
     fn retries(&self) -> u64 {
         0
     }
+
+    /// Rows wait in a batch that [`Sink::flush`] sends once it is old enough: the engine calls
+    /// `flush` now and then even while no rows come.
+    fn pending(&self) -> bool {
+        false
+    }
 }
 
 /// Writes one JSON object per row. Field names are escaped once, up front.

@@ -32,8 +32,8 @@ pub struct AlertingSpec {
     pub inhibit_rules: Vec<InhibitRuleSpec>,
     /// An alert not seen again for this long is resolved (µs; Alertmanager's `resolve_timeout`).
     pub resolve_timeout: i64,
-    /// Where the notification log and the outbox live; defaults to
-    /// `<checkpoint dir>/alerts` or `.tenantflow/alerts/<job>`.
+    /// Where the notification log, the outbox and (for `tenantflow run`) the silences live;
+    /// defaults to `.tenantflow/alerts/<job name>`.
     pub state_dir: Option<String>,
 }
 

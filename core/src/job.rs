@@ -1280,13 +1280,13 @@ fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
     let key = t.required_string(cx, key_name, "a template naming the tenant field, e.g. \"tf:{tenant_id}:plays:{track_id}\"")?;
     // Options that only mean something in another mode are mistakes, not no-ops.
     let allowed: &[&str] = match mode {
-        RedisMode::Hash => &["fields"],
-        RedisMode::Counter => &["value", "hash_field"],
-        RedisMode::Leaderboard => &["value", "member", "update", "keep_top"],
-        RedisMode::Stream => &["fields", "max_len"],
-        RedisMode::PubSub => &["fields"],
+        RedisMode::Hash => &["key", "ttl", "fields"],
+        RedisMode::Counter => &["key", "ttl", "value", "hash_field"],
+        RedisMode::Leaderboard => &["key", "ttl", "value", "member", "update", "keep_top"],
+        RedisMode::Stream => &["key", "ttl", "fields", "max_len"],
+        RedisMode::PubSub => &["channel", "fields"],
     };
-    for k in ["fields", "value", "hash_field", "member", "update", "keep_top", "max_len"] {
+    for k in ["key", "channel", "ttl", "fields", "value", "hash_field", "member", "update", "keep_top", "max_len"] {
         if let (Some(v), false) = (t.get(k), allowed.contains(&k)) {
             cx.err(
                 &v.span(),
@@ -1304,11 +1304,17 @@ fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
         t.missing(cx, "member", "a template for the ranked member, e.g. \"{track_id}\"");
     }
     let increment = t.choice(cx, "update", &[("increment", true), ("set", false)], Some(true))?;
+    let fields = t.string_list(cx, "fields");
+    if let (Some(list), Some(v)) = (&fields, t.get("fields")) {
+        if list.is_empty() {
+            cx.err(&v.span(), &t.key("fields"), "expected at least one output field (or leave `fields` out for all of them)");
+        }
+    }
     Some(RedisSinkSpec {
         url: url.value,
         mode,
         key,
-        fields: t.string_list(cx, "fields"),
+        fields,
         value,
         hash_field: t.string(cx, "hash_field"),
         member,
@@ -1329,6 +1335,8 @@ fn read_alert_rule(cx: &mut Cx, t: &T) -> Option<AlertRuleSpec> {
     for (k, v) in &labels {
         if !valid_label(k) {
             cx.err(&v.span, &v.key, format!("invalid label name `{k}` (letters, digits and _, not starting with a digit)"));
+        } else if ["alertname", "job", "tenant"].contains(&k.as_str()) {
+            cx.err(&v.span, &v.key, format!("the label `{k}` is set by tenantflow (alertname, job and tenant identify an alert)"));
         }
     }
     Some(AlertRuleSpec {

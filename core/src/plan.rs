@@ -140,6 +140,9 @@ impl Plan {
     }
 }
 
+/// Alert rules per job, at most: a series keeps which of them fire in one 64-bit word.
+pub const MAX_ALERT_RULES: usize = 64;
+
 fn alert_schema(output: &Schema) -> Schema {
     let fields = output.fields();
     let prev = fields.iter().map(|(n, t)| (format!("prev({n})"), *t));
@@ -182,7 +185,7 @@ impl V<'_> {
 
     /// Redis sinks: templates name output fields, keys are namespaced by the tenant, values
     /// are numbers.
-    fn redis_sink(&mut self, r: &job::RedisSinkSpec, output: &Schema, tenant: &str) {
+    fn redis_sink(&mut self, r: &job::RedisSinkSpec, output: &Schema, tenant: &str, late_policy: job::LatePolicy) {
         if let Some(key) = self.template(&r.key, output) {
             if !key.fields().any(|f| f == tenant) {
                 self.at(
@@ -193,6 +196,10 @@ impl V<'_> {
         }
         for t in [&r.hash_field, &r.member].into_iter().flatten() {
             self.template(t, output);
+        }
+        let adds = r.mode == job::RedisMode::Counter || (r.mode == job::RedisMode::Leaderboard && r.increment);
+        if let (true, Some(value), job::LatePolicy::Update) = (adds, &r.value, late_policy) {
+            self.at(value, "late_policy = \"update\" sends a window's result again when late events change it; adding it again would count it twice: use mode = \"hash\" or update = \"set\"".into());
         }
         if let Some(value) = &r.value {
             match self.field(output, value) {
@@ -486,10 +493,13 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
 
     for sink in &spec.sinks {
         if let job::SinkSpec::Redis(r) = sink {
-            v.redis_sink(r, &output, &spec.schema.tenant.value);
+            v.redis_sink(r, &output, &spec.schema.tenant.value, spec.time.late_policy);
         }
     }
     let alert_fields = alert_schema(&output);
+    if let Some(extra) = spec.alerts.get(MAX_ALERT_RULES) {
+        v.at(&extra.condition, format!("a job has at most {MAX_ALERT_RULES} alert rules"));
+    }
     for rule in &spec.alerts {
         match expr::compile(&rule.condition.value, &alert_fields) {
             Ok(c) if c.ty == DataType::Bool => {}

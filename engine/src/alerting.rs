@@ -15,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 use foldhash::HashMap;
 use tenantflow_alerts::{Alert, ManagerHandle, Silences, SystemClock};
 use tenantflow_core::expr::{self, CompiledExpr};
+use tenantflow_core::job::WindowKind;
 use tenantflow_core::template::{BoundTemplate, Template};
 use tenantflow_core::{time, Plan, Value};
 
@@ -37,9 +38,6 @@ struct Rule {
 /// What rules remember, for checkpoints: per series, its previous row and which rules fire
 /// (bit i: rule i).
 pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, u64)>;
-
-/// Rules per job, at most: a series keeps which of them fire in one word.
-pub const MAX_RULES: usize = 64;
 
 pub struct AlertRules {
     rules: Vec<Rule>,
@@ -90,10 +88,17 @@ impl AlertRules {
             }
             rules.push(Rule { name: r.name.clone(), condition, labels, annotations });
         }
-        if rules.len() > MAX_RULES {
-            return Err(format!("a job has at most {MAX_RULES} alert rules, this one has {}", rules.len()));
+        if rules.len() > tenantflow_core::plan::MAX_ALERT_RULES {
+            return Err(format!("a job has at most {} alert rules", tenantflow_core::plan::MAX_ALERT_RULES));
         }
-        let series = restored.map(|s| s.iter().map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect()).unwrap_or_default();
+        // A checkpoint of a job whose output has since changed shape holds rows that no longer
+        // fit: those series start over.
+        let width = plan.output.len();
+        let series = restored
+            .map(|s| {
+                s.iter().filter(|(_, prev, _)| prev.len() == width).map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect()
+            })
+            .unwrap_or_default();
         let out_names = plan.output.names();
         let tenant = plan.spec.schema.tenant.value.as_str();
         let mut series_pos = Vec::new();
@@ -110,8 +115,18 @@ impl AlertRules {
             Some(s) => s.clone(),
             None => Silences::open(Some(dir.join("silences.json"))).map_err(|e| e.to_string())?,
         };
-        let manager =
-            tenantflow_alerts::Manager::new(alerting, &plan.spec.name, silences, Arc::new(SystemClock), &dir).map_err(|e| e.to_string())?;
+        // A series fires again with each window result: it must not time out between two.
+        let mut alerting = alerting.clone();
+        if let Some(w) = &plan.window {
+            let period = match w.kind {
+                WindowKind::Tumbling { size } => size,
+                WindowKind::Sliding { slide, .. } => slide,
+                WindowKind::Session { gap } => gap,
+            };
+            alerting.resolve_timeout = alerting.resolve_timeout.max(period.saturating_mul(3));
+        }
+        let manager = tenantflow_alerts::Manager::new(&alerting, &plan.spec.name, silences, Arc::new(SystemClock), &dir)
+            .map_err(|e| e.to_string())?;
         manager.check_connections().map_err(|e| e.to_string())?;
         Ok(Some(AlertRules {
             rules,
@@ -177,14 +192,16 @@ impl AlertRules {
 fn alert(rule: &Rule, job: &str, names: &[String], key: &[Value], scratch: &[Value], holds: bool, text: &mut String) -> Alert {
     let now = time::now_micros();
     let mut labels = BTreeMap::new();
-    labels.insert("alertname".to_string(), rule.name.clone());
-    labels.insert("job".to_string(), job.to_string());
-    for (name, v) in names.iter().zip(key) {
-        labels.insert(name.clone(), label_value(v));
-    }
+    // The rule's labels first: the identity labels (name, job, series) must win, or two
+    // series could share a fingerprint.
     for (k, v) in &rule.labels {
         labels.insert(k.clone(), v.clone());
     }
+    for (name, v) in names.iter().zip(key) {
+        labels.insert(name.clone(), label_value(v));
+    }
+    labels.insert("alertname".to_string(), rule.name.clone());
+    labels.insert("job".to_string(), job.to_string());
     let mut alert = Alert::new(labels, now);
     for (k, t) in &rule.annotations {
         t.render_into(scratch, text);

@@ -59,6 +59,9 @@ pub struct Checkpointing {
     pub job: String,
     /// The checkpoint this run continues from.
     pub restore: Option<Restore>,
+    /// The run was asked to continue (`--restore`), even if no checkpoint existed yet: outputs
+    /// that keep their own progress (the Redis sink's marker) keep it.
+    pub restore_requested: bool,
     /// Decrypts restored part files (key from `TENANTFLOW_CHECKPOINT_KEY`).
     pub crypto: Option<Crypto>,
     /// Writes (and encrypts) this process's part files in the background.
@@ -487,7 +490,10 @@ fn window<'s>(
 }
 
 /// Opens the job's sinks; `resume` holds each sink's checkpointed output length when restoring.
-fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>) -> Vec<Box<dyn Sink>> {
+fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>, restore_requested: bool) -> Vec<Box<dyn Sink>> {
+    // Results come at the same timestamps in every run only for event-time windows without
+    // late updates; only then may the Redis sink skip what its marker says was written.
+    let deterministic = plan.window.is_some() && plan.event_time() && plan.spec.time.late_policy != LatePolicy::Update;
     let names = plan.output.names();
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     for (i, spec) in plan.spec.sinks.iter().enumerate() {
@@ -515,7 +521,8 @@ fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>) -> V
                 }
             }
             SinkSpec::Redis(r) => {
-                match tenantflow_connectors::redis::RedisSink::open(r, plan.output.fields(), &plan.spec.name, i, resume.is_some()) {
+                let continue_output = restore_requested && deterministic;
+                match tenantflow_connectors::redis::RedisSink::open(r, plan.output.fields(), &plan.spec.name, i, continue_output) {
                     Ok(s) => sinks.push(Box::new(s)),
                     Err(e) => shared.error(format!("redis sink: {e}")),
                 }
@@ -548,6 +555,8 @@ struct SinkSnapshot {
 
 /// How long the sink writes before it lets the worker's other operators run.
 const SINK_SLICE: Duration = Duration::from_millis(20);
+/// How often the sink looks at a batch waiting for its `batch_interval` while no rows come.
+const SINK_FLUSH_CHECK: Duration = Duration::from_millis(20);
 
 fn sink<'s>(
     input: Stream<'s, u64, Vec<Envelope>>,
@@ -572,7 +581,8 @@ fn sink<'s>(
             let restored = ckpt.as_ref().and_then(|c| c.restored_part("sink-0", &shared)).and_then(|bytes| {
                 checkpoint::decode::<SinkSnapshot>(&bytes).map_err(|e| shared.error(format!("restore sink-0: {e}"))).ok()
             });
-            let mut st = SinkState::new(&plan, &shared, restored.as_ref());
+            let restore_requested = ckpt.as_ref().is_some_and(|c| c.restore_requested);
+            let mut st = SinkState::new(&plan, &shared, restored.as_ref(), restore_requested);
             if let Some(snap) = restored {
                 pending.extend(snap.pending);
                 held.extend(pending.keys().map(|&t| (t, initial.delayed(&t))));
@@ -625,6 +635,12 @@ fn sink<'s>(
                 st.flush(&shared);
                 let _ = write_latency.record(started.elapsed().as_micros().max(1) as u64);
                 stats::merge_histogram(&shared.sink_write, &mut write_latency);
+            } else if st.pending() {
+                st.flush(&shared);
+            }
+            // A batch waiting for its age goes out even if no more rows come.
+            if st.pending() {
+                activator.activate_after(SINK_FLUSH_CHECK);
             }
             // Checkpoints whose parts are still being written are committed later.
             if let Some(ck) = ckpt.as_ref() {
@@ -678,7 +694,7 @@ struct SinkState {
 }
 
 impl SinkState {
-    fn new(plan: &Plan, shared: &Arc<Shared>, restored: Option<&SinkSnapshot>) -> SinkState {
+    fn new(plan: &Plan, shared: &Arc<Shared>, restored: Option<&SinkSnapshot>, restore_requested: bool) -> SinkState {
         let late = plan.spec.time.late_output.as_ref().filter(|_| plan.spec.time.late_policy == LatePolicy::SideOutput).and_then(|path| {
             let names = plan.input.names();
             match file_sink(path, &names, restored.and_then(|r| r.late)) {
@@ -699,7 +715,7 @@ impl SinkState {
         SinkState {
             alerts,
             alerts_reported: 0,
-            sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice())),
+            sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice()), restore_requested),
             dead: open_dead_letters(plan, shared),
             late,
             tenants: TenantCounts::default(),
@@ -833,6 +849,11 @@ impl SinkState {
             tracing::info!(job = %ck.job, epoch, bytes, duration_ms = age.as_millis() as u64, "checkpointed");
         }
         false
+    }
+
+    /// Some sink holds rows it sends once they are old enough.
+    fn pending(&self) -> bool {
+        self.sinks.iter().any(|s| s.pending())
     }
 
     fn flush(&mut self, shared: &Shared) {

@@ -127,6 +127,7 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
         workers,
         job: plan.spec.name.clone(),
         restore,
+        restore_requested: cfg.restore.is_some(),
         writer: checkpoint::PartWriter::start(crypto.clone())
             .map_err(|e| EngineError::Config(format!("cannot start the checkpoint writer: {e}")))?,
         crypto,

@@ -54,6 +54,7 @@ url = "{url}"
 mode = "hash"
 key = "tf:{{tenant_id}}:w:{{event_type}}:{{window_start}}"
 fields = ["n", "users"]
+ttl = "1h"
 batch_rows = 50
 
 [[sinks]]
@@ -125,6 +126,8 @@ fn check(redis: &Redis, rows: &[serde_json::Value]) {
     }
     let stored: Vec<String> = c.keys("tf:*:w:*").expect("KEYS");
     assert_eq!(stored.len(), hashes.len(), "hash keys");
+    let ttl: i64 = redis::cmd("PTTL").arg(&stored[0]).query(&mut c).expect("PTTL");
+    assert!(ttl > 3_000_000 && ttl <= 3_600_000, "hash keys expire after the ttl (1h), PTTL {ttl}");
     for ((tenant, kind), n) in &counters {
         let got: i64 = c.hget(format!("tf:{tenant}:plays"), kind).expect("HGET");
         assert_eq!(got, *n, "counter {tenant}/{kind}");
@@ -169,10 +172,7 @@ fn every_mode_holds_exactly_the_results_and_config_errors_stop_the_job_at_start(
         got
     });
     ready_rx.recv().expect("subscriber ready");
-    let pubsub = format!(
-        "[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\nmode = \"pubsub\"\nchannel = \"tf:{{tenant_id}}:live\"\nttl = \"1h\"\n",
-        redis.url
-    );
+    let pubsub = format!("[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\nmode = \"pubsub\"\nchannel = \"tf:{{tenant_id}}:live\"\n", redis.url);
     let out = run(d, &job(d, &redis.url, "events = 50000", false, &pubsub));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows = read_jsonl(&d.join("out.jsonl"));
@@ -216,6 +216,17 @@ fn killed_and_restored_runs_leave_exact_counters_and_streams() {
     let (kills, _) = tenantflow_tests::run_with_kills(d, &[900, 600, 1100, 500, 60_000]);
     assert!(kills >= 3, "the job finished before it could be killed enough ({kills} kills)");
     check(&redis, &read_jsonl(&d.join("out.jsonl")));
+
+    // Asked to restore with no checkpoint left (as after a crash before the first one), the job
+    // starts over and skips what the marker says was written: nothing is added twice.
+    std::fs::remove_dir_all(d.join("checkpoints")).expect("remove checkpoints");
+    let out = Command::new(tenantflow_bin())
+        .args(["run", "job.toml", "--workers", "2", "--quiet", "--restore", "latest"])
+        .current_dir(d)
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    check(&redis, &read_jsonl(&d.join("out.jsonl")));
 }
 
 /// Redis stopped for 5 s mid-run and started again: the job waits (retrying), resumes, and Redis
@@ -254,4 +265,42 @@ fn a_redis_restart_makes_the_job_wait_and_loses_nothing() {
     assert!(status.success(), "{err}");
     assert!(err.contains("redis write failed"), "the outage went unnoticed: {err}");
     check(&redis, &read_jsonl(&d.join("out.jsonl")));
+}
+
+/// A batch below `batch_rows` goes out after `batch_interval` even when no more rows come (an
+/// idle stream), not only at the next row or checkpoint.
+#[test]
+fn a_partial_batch_goes_out_while_the_input_is_idle() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let redis = Redis::start(port(3));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let text = format!(
+        "name = \"idle\"\n[source]\ntype = \"stdin\"\n[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nn = \"int\"\n\n[[sinks]]\ntype = \"redis\"\nurl = \"{}\"\nmode = \"counter\"\nkey = \"tf:{{tenant_id}}:n\"\nvalue = \"n\"\nbatch_rows = 1000\nbatch_interval = \"100ms\"\n",
+        redis.url
+    );
+    std::fs::write(d.join("job.toml"), text).expect("write job");
+    let mut child = Command::new(tenantflow_bin())
+        .args(["run", "job.toml", "--quiet"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"{\"tenant_id\": \"acme\", \"n\": 2}\n{\"tenant_id\": \"acme\", \"n\": 3}\n").expect("write");
+    stdin.flush().expect("flush");
+    let mut c = redis.conn();
+    let start = Instant::now();
+    loop {
+        let n: Option<i64> = c.get("tf:acme:n").expect("GET");
+        if n == Some(5) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "the rows never left the sink while the input was idle (got {n:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
 }
