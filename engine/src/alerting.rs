@@ -35,6 +35,10 @@ struct Rule {
     annotations: Vec<(String, BoundTemplate)>,
 }
 
+/// Window periods without a result after which a series that fires nothing is forgotten (its
+/// `prev()` is NULL if it comes back).
+const FORGET_AFTER_PERIODS: i64 = 10;
+
 /// What rules remember, for checkpoints: per series, its previous row and which rules fire
 /// (bit i: rule i).
 pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, u64)>;
@@ -44,6 +48,11 @@ pub struct AlertRules {
     /// Per series (tenant and window key): the previous row and which rules fire. One lookup
     /// per row serves every rule.
     series: HashMap<Vec<Value>, (Vec<Value>, u64)>,
+    /// Windowed jobs forget series that fire nothing and have had no result for a while (event
+    /// time), so high-cardinality keys do not grow the map (and checkpoints) forever:
+    /// (position of `window_end` in the row, how long, the last boundary swept: `window_end /
+    /// how long`).
+    forget: Option<(usize, i64, i64)>,
     manager: ManagerHandle,
     job: String,
     /// Output positions of the series' fields (tenant first) and their label names.
@@ -117,6 +126,7 @@ impl AlertRules {
         };
         // A series fires again with each window result: it must not time out between two.
         let mut alerting = alerting.clone();
+        let mut forget = None;
         if let Some(w) = &plan.window {
             let period = match w.kind {
                 WindowKind::Tumbling { size } => size,
@@ -124,6 +134,8 @@ impl AlertRules {
                 WindowKind::Session { gap } => gap,
             };
             alerting.resolve_timeout = alerting.resolve_timeout.max(period.saturating_mul(3));
+            let end = out_names.iter().position(|n| *n == "window_end");
+            forget = end.map(|p| (p, period.saturating_mul(FORGET_AFTER_PERIODS), i64::MIN));
         }
         let manager = tenantflow_alerts::Manager::new(&alerting, &plan.spec.name, silences, Arc::new(SystemClock), &dir)
             .map_err(|e| e.to_string())?;
@@ -135,6 +147,7 @@ impl AlertRules {
             job: plan.spec.name.clone(),
             series_pos,
             series_labels,
+            forget,
             scratch: Vec::new(),
             key: Vec::new(),
             text: String::new(),
@@ -168,6 +181,19 @@ impl AlertRules {
             }
             None => {
                 self.series.insert(self.key.clone(), (row.to_vec(), firing));
+            }
+        }
+        // Swept at fixed event-time boundaries, so a restored run forgets exactly what the
+        // first run did (sweeping twice at one boundary changes nothing).
+        if let Some((pos, after, swept)) = &mut self.forget {
+            if let Some(Value::Ts(end)) = row.get(*pos) {
+                let boundary = end.div_euclid(*after);
+                if boundary > *swept {
+                    let horizon = boundary.saturating_sub(1).saturating_mul(*after);
+                    let p = *pos;
+                    self.series.retain(|_, (prev, f)| *f != 0 || matches!(prev.get(p), Some(Value::Ts(t)) if *t >= horizon));
+                    *swept = boundary;
+                }
             }
         }
     }

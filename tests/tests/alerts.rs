@@ -205,3 +205,60 @@ fn alerting_mistakes_are_reported_with_file_line_and_key_and_dead_receivers_stop
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("alerting") && err.contains("receiver `hook` (email)"), "{err}");
 }
+
+/// A series that fires nothing and has no result for ten window periods is forgotten: when it
+/// comes back, `prev()` is NULL (and the map of series does not grow forever).
+#[test]
+fn quiet_series_are_forgotten_after_ten_windows() {
+    let hook = Webhook::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // t1 has a result (one event) every 2 s window; t2 one event at 0 s and two at 40 s (20
+    // windows later). The rule fires for a series seen for the first time with two events.
+    let mut events: Vec<(u32, &str)> = (0..50).step_by(2).map(|s| (s, "t1")).collect();
+    events.extend([(0, "t2"), (40, "t2"), (41, "t2")]);
+    events.sort();
+    let events: String =
+        events.iter().map(|(s, t)| format!("{{\"tenant_id\": \"{t}\", \"ts\": \"2026-01-01T00:00:{s:02}Z\"}}\n")).collect();
+    std::fs::write(d.join("events.jsonl"), events).expect("events");
+    let text = format!(
+        r#"
+name = "forget"
+[source]
+type = "file"
+path = "{dir}/events.jsonl"
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+ts = "timestamp"
+[time]
+field = "ts"
+[[steps]]
+window = {{ type = "tumbling", size = "2s" }}
+aggregates = {{ n = "count(*)" }}
+[[sinks]]
+type = "file"
+path = "{dir}/out.jsonl"
+[[alerts]]
+name = "NewSeries"
+condition = "prev(n) IS NULL AND n >= 2"
+[alerting]
+state_dir = "{dir}/alerts"
+[alerting.route]
+receiver = "hook"
+group_by = ["tenant"]
+group_wait = "1h"
+[[alerting.receivers]]
+name = "hook"
+type = "webhook"
+url = "{url}"
+"#,
+        dir = d.display(),
+        url = hook.url
+    );
+    let out = run(d, &text);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tenants: BTreeSet<String> = hook.firing().iter().map(|a| a["labels"]["tenant"].as_str().unwrap_or_default().to_string()).collect();
+    assert_eq!(tenants, BTreeSet::from(["t2".to_string()]), "t2 should come back as a new series");
+}
