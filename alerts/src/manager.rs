@@ -520,16 +520,21 @@ enum Msg {
 /// A manager running on its own thread, ticking every 100 ms. Dropping it runs a final tick
 /// and stops the thread, waiting a bounded time.
 pub struct ManagerHandle {
-    tx: mpsc::Sender<Msg>,
+    tx: mpsc::SyncSender<Msg>,
     done: mpsc::Receiver<()>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: Arc<StatsInner>,
     silences: Silences,
 }
 
-/// Runs `manager` on its own thread; pushing to the handle never waits for delivery.
+/// Alerts waiting for the manager's thread, at most: beyond, `push` waits (backpressure), so a
+/// flood of alerts while a receiver is slow cannot take all memory.
+const QUEUE: usize = 10_000;
+
+/// Runs `manager` on its own thread; pushing to the handle waits for delivery only while
+/// [`QUEUE`] alerts are already waiting.
 pub fn spawn(mut manager: Manager) -> ManagerHandle {
-    let (tx, rx) = mpsc::channel::<Msg>();
+    let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
     let (done_tx, done) = mpsc::channel();
     let stats = manager.stats.clone();
     let silences = manager.silences.clone();
