@@ -39,6 +39,16 @@ struct Rule {
 /// `prev()` is NULL if it comes back).
 const FORGET_AFTER_PERIODS: i64 = 10;
 
+/// What the rules remember of one series.
+struct Series {
+    /// The series' previous row, for `prev()`.
+    prev: Vec<Value>,
+    /// Which rules fire (bit i: rule i).
+    firing: u64,
+    /// When its firing alerts were last pushed (µs; not checkpointed: a restore pushes again).
+    pushed_at: i64,
+}
+
 /// What rules remember, for checkpoints: per series, its previous row and which rules fire
 /// (bit i: rule i).
 pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, u64)>;
@@ -47,7 +57,10 @@ pub struct AlertRules {
     rules: Vec<Rule>,
     /// Per series (tenant and window key): the previous row and which rules fire. One lookup
     /// per row serves every rule.
-    series: HashMap<Vec<Value>, (Vec<Value>, u64)>,
+    series: HashMap<Vec<Value>, Series>,
+    /// A series that keeps firing is pushed again this often (wall clock, µs), well within
+    /// `resolve_timeout`; in between only changes (fired, resolved) are pushed.
+    refresh_every: i64,
     /// Windowed jobs forget series that fire nothing and have had no result for a while (event
     /// time), so high-cardinality keys do not grow the map (and checkpoints) forever:
     /// (position of `window_end` in the row, how long, the last boundary swept: `window_end /
@@ -105,7 +118,10 @@ impl AlertRules {
         let width = plan.output.len();
         let series = restored
             .map(|s| {
-                s.iter().filter(|(_, prev, _)| prev.len() == width).map(|(k, prev, firing)| (k.clone(), (prev.clone(), *firing))).collect()
+                s.iter()
+                    .filter(|(_, prev, _)| prev.len() == width)
+                    .map(|(k, prev, firing)| (k.clone(), Series { prev: prev.clone(), firing: *firing, pushed_at: 0 }))
+                    .collect()
             })
             .unwrap_or_default();
         let out_names = plan.output.names();
@@ -124,7 +140,8 @@ impl AlertRules {
             Some(s) => s.clone(),
             None => Silences::open(Some(dir.join("silences.json"))).map_err(|e| e.to_string())?,
         };
-        // A series fires again with each window result: it must not time out between two.
+        // A firing series is refreshed only when a result comes: it must not time out between
+        // two results (a window period, in event time; live, about as long in wall time).
         let mut alerting = alerting.clone();
         let mut forget = None;
         if let Some(w) = &plan.window {
@@ -143,6 +160,7 @@ impl AlertRules {
         Ok(Some(AlertRules {
             rules,
             series,
+            refresh_every: (alerting.resolve_timeout / 3).max(1),
             manager: tenantflow_alerts::spawn(manager),
             job: plan.spec.name.clone(),
             series_pos,
@@ -162,25 +180,31 @@ impl AlertRules {
         self.scratch.clear();
         self.scratch.extend_from_slice(row);
         match &state {
-            Some((prev, _)) => self.scratch.extend_from_slice(prev),
+            Some(s) => self.scratch.extend_from_slice(&s.prev),
             None => self.scratch.resize(row.len() * 2, Value::Null),
         }
-        let was = state.as_ref().map_or(0, |(_, f)| *f);
+        let was = state.as_ref().map_or(0, |s| s.firing);
+        let now = time::now_micros();
+        let refresh = state.as_ref().is_none_or(|s| now - s.pushed_at >= self.refresh_every);
         let mut firing = 0u64;
         for (i, rule) in self.rules.iter().enumerate() {
             let holds = rule.condition.eval_bool(&self.scratch);
             firing |= u64::from(holds) << i;
-            if holds || was & (1 << i) != 0 {
+            let fired_before = was & (1 << i) != 0;
+            // News (fired, resolved), or a refresh that keeps a firing alert from timing out.
+            if holds != fired_before || (holds && refresh) {
                 self.manager.push(alert(rule, &self.job, &self.series_labels, &self.key, &self.scratch, holds, &mut self.text));
             }
         }
+        let pushed_at = |before: i64| if refresh && firing != 0 { now } else { before };
         match state {
-            Some((prev, f)) => {
-                prev.clone_from_slice(row);
-                *f = firing;
+            Some(s) => {
+                s.prev.clone_from_slice(row);
+                s.firing = firing;
+                s.pushed_at = pushed_at(s.pushed_at);
             }
             None => {
-                self.series.insert(self.key.clone(), (row.to_vec(), firing));
+                self.series.insert(self.key.clone(), Series { prev: row.to_vec(), firing, pushed_at: pushed_at(0) });
             }
         }
         // Swept at fixed event-time boundaries, so a restored run forgets exactly what the
@@ -191,7 +215,7 @@ impl AlertRules {
                 if boundary > *swept {
                     let horizon = boundary.saturating_sub(1).saturating_mul(*after);
                     let p = *pos;
-                    self.series.retain(|_, (prev, f)| *f != 0 || matches!(prev.get(p), Some(Value::Ts(t)) if *t >= horizon));
+                    self.series.retain(|_, s| s.firing != 0 || matches!(s.prev.get(p), Some(Value::Ts(t)) if *t >= horizon));
                     *swept = boundary;
                 }
             }
@@ -199,7 +223,7 @@ impl AlertRules {
     }
 
     pub fn snapshot(&self) -> RulesSnapshot {
-        self.series.iter().map(|(k, (prev, f))| (k.clone(), prev.clone(), *f)).collect()
+        self.series.iter().map(|(k, s)| (k.clone(), s.prev.clone(), s.firing)).collect()
     }
 
     pub fn stats(&self) -> tenantflow_alerts::Stats {
