@@ -21,6 +21,11 @@ use crate::AlertError;
 
 /// Notification-log entries are kept at least this long (Alertmanager's default retention).
 const NFLOG_RETENTION: i64 = 120 * 3_600_000_000;
+/// How long expired silences are kept (listed as expired) before they are forgotten.
+const SILENCE_RETENTION: i64 = 120 * 3_600_000_000;
+/// A notification still undelivered after this long is given up (logged and counted as
+/// failed): its news is stale, and the group's next notification says where things stand.
+const OUTBOX_MAX_AGE: i64 = 24 * 3_600_000_000;
 /// How long one delivery pass may go on before `tick` returns to grouping.
 const DELIVER_BUDGET: Duration = Duration::from_secs(2);
 /// How often the spawned manager ticks.
@@ -325,6 +330,9 @@ impl Manager {
             if let Err(e) = self.nflog.gc(now, self.nflog_retention) {
                 tracing::error!(job = %self.job, "notification log: {e}");
             }
+            if let Err(e) = self.silences.prune(now, SILENCE_RETENTION) {
+                tracing::error!(job = %self.job, "silences: {e}");
+            }
         }
         self.deliver();
     }
@@ -460,6 +468,20 @@ impl Manager {
     pub fn deliver(&mut self) {
         let now = self.clock.now();
         let started = Instant::now();
+        let stale: Vec<(String, String)> = self
+            .outbox
+            .entries
+            .values()
+            .filter(|e| e.notification.created_at.saturating_add(OUTBOX_MAX_AGE) <= now)
+            .map(|e| (e.notification.id.clone(), e.notification.receiver.clone()))
+            .collect();
+        for (id, name) in stale {
+            tracing::error!(job = %self.job, receiver = name, id, "notification undelivered for 24 h, given up");
+            self.stats.receiver(&name, |c| &c.failed);
+            if let Err(e) = self.outbox.remove(&id) {
+                tracing::error!(job = %self.job, "outbox: {e}");
+            }
+        }
         let mut due: Vec<(i64, String)> = self
             .outbox
             .entries

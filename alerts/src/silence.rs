@@ -151,6 +151,18 @@ impl Silences {
         Ok(inner.silences[i].0.clone())
     }
 
+    /// Forgets silences that expired more than `retention` ago (Alertmanager keeps them 120 h).
+    pub fn prune(&self, now: i64, retention: i64) -> Result<usize, AlertError> {
+        let mut inner = self.lock();
+        let before = inner.silences.len();
+        inner.silences.retain(|(s, _)| s.ends_at.saturating_add(retention) > now);
+        let pruned = before - inner.silences.len();
+        if pruned > 0 {
+            persist(&inner)?;
+        }
+        Ok(pruned)
+    }
+
     pub fn list(&self) -> Vec<Silence> {
         self.lock().silences.iter().map(|(s, _)| s.clone()).collect()
     }
@@ -201,5 +213,9 @@ mod tests {
         assert!(matches!(s.expire("nope", 0), Err(AlertError::NotFound(_))));
         // Clones share the set.
         assert_eq!(s.clone().list().len(), 1);
+        // Expired silences are kept for the retention, then forgotten.
+        assert_eq!(s.prune(160 + 99, 100).expect("prune"), 0);
+        assert_eq!(s.prune(160 + 100, 100).expect("prune"), 1);
+        assert!(s.list().is_empty());
     }
 }

@@ -529,3 +529,24 @@ fn a_superseding_notification_keeps_the_resolutions_of_the_one_it_replaces() {
         [("a".to_string(), "firing".to_string()), ("b".to_string(), "resolved".to_string()), ("c".to_string(), "firing".to_string())]
     );
 }
+
+/// A receiver down for a day: the notification is given up (counted as failed) instead of
+/// being retried forever.
+#[test]
+fn a_notification_undelivered_for_a_day_is_given_up() {
+    let clock = Arc::new(ManualClock::new(T0));
+    let url = format!("http://127.0.0.1:{}/", free_port());
+    let spec = spec(root("hook", &["alertname"], 10, 60, 3600), vec![webhook("hook", &url, true, None)]);
+    let state = tempdir("stale");
+    let mut m = manager(&spec, &state, &clock);
+    m.push(alert("A", &[("instance", "a")], T0));
+    at(&clock, &mut m, T0 + 10 * S);
+    assert_eq!(m.stats().outbox_size, 1);
+    // Resolved by resolve_timeout (1 h here): the group's resolved notification supersedes it.
+    at(&clock, &mut m, T0 + 3700 * S);
+    at(&clock, &mut m, T0 + 23 * 3600 * S);
+    assert_eq!(m.stats().outbox_size, 1, "still retried after 23 h");
+    at(&clock, &mut m, T0 + 3700 * S + 24 * 3600 * S);
+    let stats = m.stats();
+    assert_eq!((stats.outbox_size, stats.receivers["hook"].failed), (0, 1), "{stats:?}");
+}
