@@ -387,16 +387,20 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let (_kafka, _) = tenantflow_tests::dev_kafka(d, &["events"]);
     let bootstrap = d.join("bootstrap");
     let cluster = Cluster::start(d, 3);
+    // The consuming job's alerts go here, so the alert panels have data.
+    let hook = tenantflow_tests::Webhook::start();
     let schema = "[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nuser_id = \"string\"\nevent_type = \"string\"\nts = \"timestamp\"\n";
     let producer = format!(
         "name = \"produce\"\n[source]\ntype = \"generator\"\nprofile = \"music\"\nevents = 100000000\nrate = 2000\ntenants = 4\n\n{schema}\n[[sinks]]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\n",
         bootstrap.display()
     );
     let consumer = format!(
-        "name = \"consume\"\n[source]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\ngroup_id = \"dashboards\"\n\n{schema}\n[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n\n[[steps]]\nwindow = {{ type = \"tumbling\", size = \"1s\" }}\nkey_by = [\"event_type\"]\naggregates = {{ n = \"count(*)\" }}\n\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n\n[checkpoint]\ndir = \"{}\"\ninterval = \"1s\"\n",
+        "name = \"consume\"\n[source]\ntype = \"kafka\"\nbootstrap_file = \"{}\"\ntopic = \"events\"\ngroup_id = \"dashboards\"\n\n{schema}\n[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n\n[[steps]]\nwindow = {{ type = \"tumbling\", size = \"1s\" }}\nkey_by = [\"event_type\"]\naggregates = {{ n = \"count(*)\" }}\n\n[[sinks]]\ntype = \"file\"\npath = \"{}\"\n\n[checkpoint]\ndir = \"{}\"\ninterval = \"1s\"\n\n[[alerts]]\nname = \"Busy\"\ncondition = \"n >= 1\"\n\n[alerting]\nstate_dir = \"{}\"\n[alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"tenant\"]\ngroup_wait = \"0s\"\ngroup_interval = \"1s\"\n[[alerting.receivers]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"{}\"\n",
         bootstrap.display(),
         d.join("consume.jsonl").display(),
-        d.join("ck").display()
+        d.join("ck").display(),
+        d.join("alerts").display(),
+        hook.url
     );
     for (name, text) in [("produce", producer), ("consume", consumer)] {
         let file = d.join(format!("{name}.toml"));
