@@ -25,13 +25,12 @@ use std::time::{Duration, Instant};
 use tenantflow_core::job::ClickHouseSinkSpec;
 use tenantflow_core::{DataType, Value};
 
+use crate::sender::{Backoff, Retrying, Sender};
 use crate::sink::Sink;
 use crate::ConnectorError;
 
 /// The id column.
 const ID: &str = "_tf_id";
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The ClickHouse type of a tenantflow type.
 fn base_type(t: DataType) -> &'static str {
@@ -123,7 +122,7 @@ pub struct ClickHouseSink {
     time: u64,
     last_hash: u128,
     rank: u32,
-    sender: Sender,
+    sender: Sender<Vec<u8>>,
 }
 
 impl ClickHouseSink {
@@ -165,8 +164,9 @@ impl ClickHouseSink {
             )));
         }
         let insert = format!("INSERT INTO {} FORMAT RowBinary", spec.table);
-        let sender =
-            Sender::start(agent, spec.url.clone(), insert, spec.table.clone()).map_err(|e| err("starting the sender", e.to_string()))?;
+        let (url, table) = (spec.url.clone(), spec.table.clone());
+        let sender = Sender::start("clickhouse", move |body: Vec<u8>, r: &Retrying| insert_batch(&agent, &url, &insert, &table, &body, r))
+            .map_err(|e| err("starting the sender", e.to_string()))?;
         Ok(ClickHouseSink {
             spec: spec.clone(),
             fields: fields.to_vec(),
@@ -182,7 +182,7 @@ impl ClickHouseSink {
         })
     }
 
-    /// Hands the batch to the sender (waiting while it still has [`IN_FLIGHT`] batches).
+    /// Hands the batch to the sender (waiting while the one before still waits).
     fn hand_off(&mut self) -> io::Result<()> {
         if self.rows == 0 {
             return Ok(());
@@ -195,104 +195,11 @@ impl ClickHouseSink {
     }
 }
 
-/// Batches handed to the sender and not yet inserted, at most: the worker encodes the next
-/// batch while ClickHouse takes the last, and waits beyond that (backpressure).
-const IN_FLIGHT: usize = 1;
-
-enum Job {
-    Batch(Vec<u8>),
-    /// Answers once every batch before it is inserted (or with the first failure).
-    Flush(std::sync::mpsc::Sender<Result<(), String>>),
-}
-
-/// Inserts batches on a thread of its own, in order, retrying with exponential backoff and
-/// jitter on connection errors and 5xx answers until ClickHouse takes them. Other answers (a
-/// bad request) are failures that the next flush reports.
-struct Sender {
-    tx: Option<std::sync::mpsc::SyncSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    retries: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The first refused insert: every later write fails with it.
-    failed: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    /// Set when the sink is dropped (job cancelled): retrying stops.
-    shutdown: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Sender {
-    /// Inserts with `insert` (the INSERT statement) as the `query` parameter of `url`.
-    fn start(agent: ureq::Agent, url: String, insert: String, table: String) -> io::Result<Sender> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(IN_FLIGHT);
-        let retries = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let failed = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-        let shutdown = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (counter, failure, stop) = (std::sync::Arc::clone(&retries), std::sync::Arc::clone(&failed), std::sync::Arc::clone(&shutdown));
-        let thread = std::thread::Builder::new().name("clickhouse-sink".into()).spawn(move || {
-            let first_failure = || failure.lock().ok().and_then(|f| f.clone());
-            for job in rx {
-                match job {
-                    Job::Batch(body) if first_failure().is_none() => {
-                        if let Err(e) = insert_batch(&agent, &url, &insert, &table, &body, &counter, &stop) {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e);
-                            }
-                        }
-                    }
-                    Job::Batch(_) => {}
-                    Job::Flush(reply) => {
-                        let _ = reply.send(first_failure().map_or(Ok(()), Err));
-                    }
-                }
-            }
-        })?;
-        Ok(Sender { tx: Some(tx), thread: Some(thread), retries, failed, shutdown })
-    }
-
-    /// The first refused insert, if any.
-    fn check(&self) -> io::Result<()> {
-        match self.failed.lock().ok().and_then(|f| f.clone()) {
-            Some(e) => Err(io::Error::other(e)),
-            None => Ok(()),
-        }
-    }
-
-    fn send(&self, body: Vec<u8>) -> io::Result<()> {
-        self.check()?;
-        let gone = || io::Error::other("the clickhouse sender stopped");
-        self.tx.as_ref().ok_or_else(gone)?.send(Job::Batch(body)).map_err(|_| gone())
-    }
-
-    /// Waits until every batch handed off so far is inserted.
-    fn wait(&self) -> io::Result<()> {
-        let gone = || io::Error::other("the clickhouse sender stopped");
-        let (reply, answer) = std::sync::mpsc::channel();
-        self.tx.as_ref().ok_or_else(gone)?.send(Job::Flush(reply)).map_err(|_| gone())?;
-        answer.recv().map_err(|_| gone())?.map_err(io::Error::other)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        self.shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// One batch into the table, retried until ClickHouse takes it or refuses it.
-fn insert_batch(
-    agent: &ureq::Agent,
-    url: &str,
-    insert: &str,
-    table: &str,
-    body: &[u8],
-    retries: &std::sync::atomic::AtomicU64,
-    shutdown: &std::sync::atomic::AtomicBool,
-) -> Result<(), String> {
-    let mut backoff = BACKOFF_MIN;
+fn insert_batch(agent: &ureq::Agent, url: &str, insert: &str, table: &str, body: &[u8], r: &Retrying<'_>) -> Result<(), String> {
+    let mut backoff = Backoff::new();
     loop {
-        if shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+        if r.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(format!("clickhouse insert into {table}: the sink was closed while retrying"));
         }
         let outcome = match agent.post(url).query("query", insert).send(body) {
@@ -306,18 +213,11 @@ fn insert_batch(
             }
             Err(e) => e.to_string(),
         };
-        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(table, retry_in_ms = backoff.as_millis() as u64, "clickhouse insert failed: {outcome}");
-        // Jitter around the backoff keeps many writers from retrying in step.
-        std::thread::sleep(backoff.mul_f64(0.5 + jitter_unit()));
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        r.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let wait = backoff.next_wait();
+        tracing::warn!(table, retry_in_ms = wait.as_millis() as u64, "clickhouse insert failed: {outcome}");
+        std::thread::sleep(wait);
     }
-}
-
-/// A number in [0, 1) from the clock: jitter needs no quality randomness.
-fn jitter_unit() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    (nanos % 1000) as f64 / 1000.0
 }
 
 impl Sink for ClickHouseSink {
@@ -371,7 +271,7 @@ impl Sink for ClickHouseSink {
     }
 
     fn retries(&self) -> u64 {
-        self.sender.retries.load(std::sync::atomic::Ordering::Relaxed)
+        self.sender.retries()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod generator;
 pub mod json;
 pub mod kafka;
 pub mod redis;
+mod sender;
 pub mod sink;
 pub mod source;
 

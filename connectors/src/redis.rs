@@ -23,19 +23,16 @@
 //! deletes the marker and writes everything (at least once across restores).
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tenantflow_core::job::{RedisMode, RedisSinkSpec};
 use tenantflow_core::template::{BoundTemplate, Template};
 use tenantflow_core::{time, DataType, Value};
 
+use crate::sender::{Backoff, Retrying, Sender};
 use crate::sink::{row_to_json, Sink};
 use crate::ConnectorError;
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Large pipelines take longer than redis-rs's default 500 ms response timeout.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +59,7 @@ pub struct RedisSink {
     index: u64,
     key_buf: String,
     aux_buf: String,
-    sender: Sender,
+    sender: Sender<(redis::Pipeline, Marker)>,
 }
 
 impl RedisSink {
@@ -109,7 +106,12 @@ impl RedisSink {
                 .map_err(|e| err(format!("resetting {marker_key}: {e}")))?;
             None
         };
-        let sender = Sender::start(runtime, client, conn, marker_key.clone()).map_err(|e| err(e.to_string()))?;
+        let marker = marker_key.clone();
+        let mut conn = Some(conn);
+        let sender = Sender::start("redis", move |(pipe, end): (redis::Pipeline, Marker), r: &Retrying| {
+            runtime.block_on(apply(&client, &mut conn, &pipe, end, &marker, r))
+        })
+        .map_err(|e| err(e.to_string()))?;
         Ok(RedisSink {
             spec: spec.clone(),
             names: names.iter().map(|n| n.to_string()).collect(),
@@ -211,7 +213,7 @@ impl RedisSink {
         // Not ignored: its "OK" tells an applied transaction from one the WATCH aborted.
         self.pipe.cmd("SET").arg(&self.marker_key).arg(format!("{} {}", end.0, end.1));
         let pipe = std::mem::replace(&mut self.pipe, transaction());
-        self.sender.send(Job::Batch(pipe, end))?;
+        self.sender.send((pipe, end))?;
         self.rows = 0;
         self.since = None;
         Ok(())
@@ -263,90 +265,6 @@ async fn read_marker(conn: &mut redis::aio::MultiplexedConnection, key: &str) ->
     }))
 }
 
-enum Job {
-    Batch(redis::Pipeline, Marker),
-    /// Answers once every transaction before it is applied (or with the first failure).
-    Flush(mpsc::Sender<Result<(), String>>),
-}
-
-/// Transactions handed to the sender and not yet applied, at most (backpressure beyond).
-const IN_FLIGHT: usize = 1;
-
-/// Applies transactions in order on a thread of its own, reconnecting and retrying with
-/// exponential backoff and jitter while Redis is unreachable; refused commands fail the sink.
-struct Sender {
-    tx: Option<mpsc::SyncSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    retries: Arc<AtomicU64>,
-    failed: Arc<Mutex<Option<String>>>,
-    shutdown: Arc<AtomicBool>,
-}
-
-impl Sender {
-    fn start(
-        runtime: tokio::runtime::Runtime,
-        client: redis::Client,
-        conn: redis::aio::MultiplexedConnection,
-        marker_key: String,
-    ) -> io::Result<Sender> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(IN_FLIGHT);
-        let retries = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(None::<String>));
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let (counter, failure, stop) = (Arc::clone(&retries), Arc::clone(&failed), Arc::clone(&shutdown));
-        let thread = std::thread::Builder::new().name("redis-sink".into()).spawn(move || {
-            let mut conn = Some(conn);
-            let first_failure = || failure.lock().ok().and_then(|f| f.clone());
-            for job in rx {
-                match job {
-                    Job::Batch(pipe, end) if first_failure().is_none() => {
-                        let applied = runtime.block_on(apply(&client, &mut conn, &pipe, end, &marker_key, &counter, &stop));
-                        if let Err(e) = applied {
-                            if let Ok(mut f) = failure.lock() {
-                                f.get_or_insert(e);
-                            }
-                        }
-                    }
-                    Job::Batch(..) => {}
-                    Job::Flush(reply) => {
-                        let _ = reply.send(first_failure().map_or(Ok(()), Err));
-                    }
-                }
-            }
-        })?;
-        Ok(Sender { tx: Some(tx), thread: Some(thread), retries, failed, shutdown })
-    }
-
-    fn check(&self) -> io::Result<()> {
-        match self.failed.lock().ok().and_then(|f| f.clone()) {
-            Some(e) => Err(io::Error::other(e)),
-            None => Ok(()),
-        }
-    }
-
-    fn send(&self, job: Job) -> io::Result<()> {
-        self.check()?;
-        let gone = || io::Error::other("the redis sender stopped");
-        self.tx.as_ref().ok_or_else(gone)?.send(job).map_err(|_| gone())
-    }
-
-    fn wait(&self) -> io::Result<()> {
-        let (reply, answer) = mpsc::channel();
-        self.send(Job::Flush(reply))?;
-        answer.recv().map_err(|_| io::Error::other("the redis sender stopped"))?.map_err(io::Error::other)
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Relaxed);
-        self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Whether an error may go away by itself (Redis restarting, loading its data, a network blip).
 fn transient(e: &redis::RedisError) -> bool {
     e.is_io_error()
@@ -356,7 +274,7 @@ fn transient(e: &redis::RedisError) -> bool {
         || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading | redis::ServerErrorKind::TryAgain))
 }
 
-/// Applies one transaction, retrying until Redis takes it or refuses it. Before each attempt
+/// Applies one transaction, retrying (on the sender's thread) until Redis takes it or refuses it. Before each attempt
 /// the marker is watched and read: a transaction whose reply was lost may have been applied
 /// already, and an attempt delayed in the network must not apply after a later one did.
 async fn apply(
@@ -365,13 +283,12 @@ async fn apply(
     pipe: &redis::Pipeline,
     end: Marker,
     marker_key: &str,
-    retries: &AtomicU64,
-    shutdown: &AtomicBool,
+    r: &Retrying<'_>,
 ) -> Result<(), String> {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     let mut aborted = 0;
     loop {
-        if shutdown.load(Relaxed) {
+        if r.shutdown.load(std::sync::atomic::Ordering::Relaxed) {
             return Err("redis sink: closed while retrying".into());
         }
         let attempt = async {
@@ -399,20 +316,14 @@ async fn apply(
             }
             Err(e) if transient(&e) => {
                 *conn = None;
-                retries.fetch_add(1, Relaxed);
-                tracing::warn!(retry_in_ms = backoff.as_millis() as u64, "redis write failed: {e}");
-                tokio::time::sleep(backoff.mul_f64(0.5 + jitter_unit())).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                r.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let wait = backoff.next_wait();
+                tracing::warn!(retry_in_ms = wait.as_millis() as u64, "redis write failed: {e}");
+                tokio::time::sleep(wait).await;
             }
             Err(e) => return Err(format!("redis write refused: {e}")),
         }
     }
-}
-
-/// A number in [0, 1) from the clock: jitter needs no quality randomness.
-fn jitter_unit() -> f64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    (nanos % 1000) as f64 / 1000.0
 }
 
 impl Sink for RedisSink {
@@ -460,7 +371,7 @@ impl Sink for RedisSink {
     }
 
     fn retries(&self) -> u64 {
-        self.sender.retries.load(Relaxed)
+        self.sender.retries()
     }
 }
 
