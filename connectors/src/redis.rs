@@ -30,7 +30,7 @@ use tenantflow_core::template::{BoundTemplate, Template};
 use tenantflow_core::{time, DataType, Value};
 
 use crate::sender::{Backoff, Retrying, Sender};
-use crate::sink::{row_to_json, Sink};
+use crate::sink::{JsonLines, Sink};
 use crate::ConnectorError;
 
 /// Large pipelines take longer than redis-rs's default 500 ms response timeout.
@@ -58,6 +58,9 @@ pub struct RedisSink {
     time: u64,
     index: u64,
     key_buf: String,
+    /// `pubsub`: the chosen fields of a row, and their JSON.
+    projected: Vec<Value>,
+    json: JsonLines<Vec<u8>>,
     aux_buf: String,
     sender: Sender<(redis::Pipeline, Marker)>,
 }
@@ -93,6 +96,7 @@ impl RedisSink {
             None => names.iter().map(|n| n.to_string()).collect(),
         };
         let fields = chosen.into_iter().map(|n| position(&n).map(|p| (n, p))).collect::<Result<Vec<_>, _>>()?;
+        let json = JsonLines::new(Vec::new(), &fields.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
         let marker_key = format!("tenantflow:sink:{job}:{sink_index}");
 
         let client = redis::Client::open(spec.url.as_str()).map_err(|e| err(e.to_string()))?;
@@ -128,6 +132,8 @@ impl RedisSink {
             time: 0,
             index: 0,
             key_buf: String::new(),
+            projected: Vec::new(),
+            json,
             aux_buf: String::new(),
             sender,
         })
@@ -194,9 +200,14 @@ impl RedisSink {
                 pipe.ignore();
             }
             RedisMode::PubSub => {
-                let names: Vec<&str> = self.fields.iter().map(|(n, _)| n.as_str()).collect();
-                let values: Vec<Value> = self.fields.iter().map(|(_, p)| row[*p].clone()).collect();
-                pipe.cmd("PUBLISH").arg(key).arg(row_to_json(&names, &values)).ignore();
+                // The message is built in buffers kept across rows.
+                self.projected.clear();
+                self.projected.extend(self.fields.iter().map(|(_, p)| row[*p].clone()));
+                self.json.get_mut().clear();
+                let _ = self.json.write(&self.projected);
+                let message = self.json.get_mut();
+                message.pop(); // the newline
+                pipe.cmd("PUBLISH").arg(key).arg(&message[..]).ignore();
             }
         }
         if let (Some(ttl), false) = (self.spec.ttl, self.spec.mode == RedisMode::PubSub) {
