@@ -48,6 +48,8 @@ const CONFIGS: &[(&str, usize)] = &[
     ("clickhouse", 2),
     ("redis", 1),
     ("alert_rules", 1),
+    ("cep", 1),
+    ("cep", 2),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -289,6 +291,7 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         "clickhouse" => return clickhouse_bench((events / 50).min(2_000_000), workers),
         "redis" => return redis_bench((events / 50).min(1_000_000), workers),
         "alert_rules" => return alert_bench((events / 5).min(10_000_000), workers),
+        "cep" => return cep_bench((events / 5).min(10_000_000), workers),
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -583,6 +586,108 @@ fn alert_bench(events: u64, workers: usize) -> anyhow::Result<serde_json::Value>
         "rules_none_fire": quiet_runs,
         "rules_all_fire": loud_runs,
     }))
+}
+
+/// The pattern step (issue #6): a 3-step pattern over 1M keys (users) against the window job
+/// (1 s per tenant) and a window keyed by the same 1M users, in the same run; 3 alternating
+/// rounds, medians. Then the memory a partial match costs, measured on the pattern store alone.
+fn cep_bench(events: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
+    let with_steps = |steps: &str| {
+        format!(
+            "name = \"cep\"\n{}\n\n[schema]\ntenant = \"tenant\"\n[schema.fields]\ntenant = \"int\"\nuser = \"int\"\nts = \"timestamp\"\nvalue = \"int\"\n\n[time]\nfield = \"ts\"\n\n{steps}\n\n[[sinks]]\ntype = \"discard\"\n",
+            sequence_source(events, 1_000_000)
+        )
+    };
+    // User u's k-th event has ts = u + k s: its events take turns being a, b and c, so every
+    // user completes a match every 3 events, and b's condition reads a's event.
+    let pattern = with_steps(CEP_PATTERN);
+    let window_users = with_steps("[[steps]]\nwindow = { type = \"tumbling\", size = \"3s\" }\nkey_by = [\"user\"]\naggregates = { n = \"count(*)\", total = \"sum(value)\" }");
+    let window_tenants = job(&sequence_source(events, 1_000_000), events);
+    let texts = [pattern, window_users, window_tenants];
+    let mut runs: [Vec<serde_json::Value>; 3] = Default::default();
+    let mut matches = 0;
+    for _ in 0..3 {
+        for (i, (text, out)) in texts.iter().zip(runs.iter_mut()).enumerate() {
+            let (start, cpu0) = (Instant::now(), cpu_seconds());
+            let report = tenantflow(text, workers)?;
+            if i == 0 {
+                matches = report.pattern_matches;
+            }
+            out.push(result("cep", workers, events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0));
+        }
+    }
+    let [pattern, users, tenants] = runs.map(median);
+    let per_cpu = |r: &serde_json::Value| r["events_per_cpu_sec"].as_f64().unwrap_or(0.0);
+    let ratio = |a: &serde_json::Value, b: &serde_json::Value| (per_cpu(a) / per_cpu(b).max(1.0) * 1000.0).round() / 1000.0;
+    let (one, two) = partial_match_bytes(1_000_000)?;
+    Ok(serde_json::json!({
+        "name": "cep",
+        "workers": workers,
+        "events": events,
+        "keys": 1_000_000,
+        "matches": matches,
+        "events_per_cpu_sec_pattern": per_cpu(&pattern),
+        "events_per_cpu_sec_window_1m_users": per_cpu(&users),
+        "events_per_cpu_sec_window_tenants": per_cpu(&tenants),
+        "ratio_pattern_vs_window_1m_users": ratio(&pattern, &users),
+        "ratio_pattern_vs_window_tenants": ratio(&pattern, &tenants),
+        "bytes_per_partial_match_1_event": one,
+        "bytes_per_partial_match_2_events": two,
+        "pattern": pattern,
+        "window_1m_users": users,
+        "window_tenants": tenants,
+    }))
+}
+
+const CEP_PATTERN: &str = r#"[[steps]]
+pattern = "a -> b -> c"
+key_by = ["user"]
+within = "10s"
+[steps.define]
+a = "epoch_ms(ts) / 1000 % 3 = 0"
+b = "epoch_ms(ts) / 1000 % 3 = 1 AND ts > a.ts"
+c = "epoch_ms(ts) / 1000 % 3 = 2"
+[steps.measures]
+total = "sum(value)"
+"#;
+
+/// Resident memory now (bytes), from /proc/self/statm.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+}
+
+/// Memory per active partial match: `keys` keys each holding one partial match of the
+/// benchmark's pattern, first with one event (a), then with two (a, b), measured as the growth
+/// of resident memory (key state, the partial match and its stored events) per partial match.
+fn partial_match_bytes(keys: u64) -> anyhow::Result<(u64, u64)> {
+    use tenantflow_core::Value;
+    let text = format!(
+        "name = \"mem\"\n[source]\ntype = \"stdin\"\n[schema]\ntenant = \"tenant\"\n[schema.fields]\ntenant = \"int\"\nuser = \"int\"\nts = \"timestamp\"\nvalue = \"int\"\n[time]\nfield = \"ts\"\n{CEP_PATTERN}\n[[sinks]]\ntype = \"discard\"\n"
+    );
+    let plan = tenantflow_core::plan::load("mem.toml", &text, &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pp = plan.pattern.as_ref().context("pattern plan")?;
+    let mut cep = tenantflow_operators::cep::Cep::new(pp, plan.tenant_pos);
+    let mut emitted = 0;
+    let mut feed = |cep: &mut tenantflow_operators::cep::Cep, second: i64| {
+        for chunk in 0..keys / 10_000 {
+            for u in chunk * 10_000..(chunk + 1) * 10_000 {
+                let ts = second * 1_000_000 + u as i64;
+                cep.insert(ts, vec![Value::Int((u % 100) as i64), Value::Int(u as i64), Value::Ts(ts), Value::Int(7)]);
+            }
+            cep.advance(second * 1_000_000 + ((chunk + 1) * 10_000) as i64, &mut |_, _| emitted += 1);
+        }
+    };
+    let before = rss_bytes();
+    feed(&mut cep, 0);
+    let one = rss_bytes().saturating_sub(before) / (cep.partial_matches().max(1) as u64);
+    let partials = cep.partial_matches() as u64;
+    feed(&mut cep, 1);
+    let two = rss_bytes().saturating_sub(before) / (cep.partial_matches().max(1) as u64);
+    if partials != keys || cep.partial_matches() as u64 != keys {
+        bail!("expected {keys} partial matches, found {partials} and {}", cep.partial_matches());
+    }
+    Ok((one, two))
 }
 
 /// Submit-to-running latency (issue #4): a 2-process cluster (`tenantflow cluster start`, the

@@ -439,6 +439,12 @@ fn summary(r: &RunReport, dead_path: &str) {
         r.dead_letters,
         if r.dead_letters > 0 { format!(" (in {dead_path})") } else { String::new() }
     );
+    if r.pattern_matches + r.pattern_timeouts + r.partial_matches_dropped > 0 {
+        eprintln!(
+            "patterns: {} matches, {} timeouts, {} partial matches dropped at the per-key cap",
+            r.pattern_matches, r.pattern_timeouts, r.partial_matches_dropped
+        );
+    }
     // The busiest tenants first; the rest summed, so a job with many tenants stays readable.
     let mut tenants: Vec<_> = r.tenants.iter().collect();
     tenants.sort_by(|a, b| b.1.events_in.cmp(&a.1.events_in).then(a.0.cmp(b.0)));

@@ -90,6 +90,15 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     let dead = counter(&r, "events_dead_lettered_total", "Events sent to the dead-letter output", &["job_id", "tenant"])?;
     let dropped = counter(&r, "events_dropped_total", "Late events dropped", &["job_id"])?;
     let windows = counter(&r, "windows_fired_total", "Window results emitted", &["job_id"])?;
+    let matches = counter(&r, "pattern_matches_total", "Pattern matches emitted", &["job_id"])?;
+    let timeouts = counter(&r, "pattern_timeouts_total", "Partial matches that timed out (emitted when timeouts = true)", &["job_id"])?;
+    let partials = gauge(&r, "pattern_partial_matches", "Partial matches alive on this process", &["job_id"])?;
+    let partials_dropped = counter(
+        &r,
+        "pattern_partial_matches_dropped_total",
+        "Partial matches dropped at the per-key cap (max_partial_matches)",
+        &["job_id"],
+    )?;
     let checkpoints = counter(&r, "checkpoints_total", "Checkpoints committed", &["job_id"])?;
     let lag = gauge(&r, "watermark_lag_seconds", "Wall clock minus the job's event-time watermark on this process", &["job_id"])?;
     let ck_duration = gauge(&r, "checkpoint_duration_seconds", "Last checkpoint, first part to commit", &["job_id"])?;
@@ -176,6 +185,10 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             }
         }
         windows.with_label_values(&[&id]).inc_by(s.windows_fired.load(Relaxed));
+        matches.with_label_values(&[&id]).inc_by(s.pattern_matches.load(Relaxed));
+        timeouts.with_label_values(&[&id]).inc_by(s.pattern_timeouts.load(Relaxed));
+        partials.with_label_values(&[&id]).set(s.partial_matches.load(Relaxed) as f64);
+        partials_dropped.with_label_values(&[&id]).inc_by(s.partial_matches_dropped.load(Relaxed));
         if let Some(a) = s.alerts.lock().ok().and_then(|a| a.clone()) {
             alerts_received.with_label_values(&[&id]).inc_by(a.alerts_received);
             alerts_firing.with_label_values(&[&id]).set(a.alerts_firing as f64);

@@ -169,6 +169,7 @@ pub const AGGREGATES: &[&str] = &[
     "first",
     "last",
     "top_k",
+    "list",
 ];
 
 pub fn err_at(node: &impl Spanned, message: impl Into<String>) -> ExprError {
@@ -349,6 +350,12 @@ impl Compiler<'_> {
                 // Bare keywords such as `user` parse as functions; a field of that name wins.
                 if matches!(f.args, FunctionArguments::None) && self.schema.lookup(&f.name.to_string()).is_some() {
                     return self.column(&f.name.to_string(), e);
+                }
+                // A call the schema carries as a field of its own (a pattern condition's
+                // `sum(a.amount)`, an alert condition's `prev(field)`), computed by the caller.
+                let text = e.to_string();
+                if self.schema.lookup(&text).is_some() {
+                    return self.column(&text, e);
                 }
                 // `prev(field)` in alert conditions: the schema carries it as a field of that name.
                 if name == "prev" {

@@ -310,7 +310,37 @@ pub enum Step {
     Derive(Vec<(String, Located<String>)>),
     Select(Vec<Located<String>>),
     Window(WindowSpec),
+    Pattern(Box<PatternSpec>),
 }
+
+/// A `pattern` step: complex event processing per tenant and key (docs/cep.md). The pattern
+/// text and the maps are checked against the schema by `plan`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatternSpec {
+    /// e.g. `"fail{3} -> cancel"`.
+    pub pattern: Located<String>,
+    pub key_by: Vec<Located<String>>,
+    /// Longest time from a match's first event to its last (µs).
+    pub within: Option<i64>,
+    pub after_match: Located<String>,
+    /// Partial matches that time out are emitted as rows with `timed_out = true`.
+    pub timeouts: bool,
+    /// Partial matches kept per key; the oldest are dropped (and counted) beyond it.
+    pub max_partial_matches: usize,
+    /// Step name -> condition.
+    pub define: Vec<(String, Located<String>)>,
+    /// Step name -> stop condition of a looping step.
+    pub until: Vec<(String, Located<String>)>,
+    /// Step name -> contiguity between the events of a looping step.
+    pub contiguity: Vec<(String, Located<String>)>,
+    /// Output field -> aggregate over the match's events.
+    pub measures: Vec<(String, Located<String>)>,
+    pub key: String,
+    pub span: Range<usize>,
+}
+
+/// Partial matches kept per key unless `max_partial_matches` says otherwise.
+pub const DEFAULT_MAX_PARTIAL_MATCHES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
@@ -1086,7 +1116,7 @@ fn read_time(cx: &mut Cx, root: &T) -> Option<TimeSpec> {
 }
 
 fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
-    let verbs = ["filter", "derive", "select", "window"];
+    let verbs = ["filter", "derive", "select", "window", "pattern"];
     let present: Vec<&str> = verbs.iter().copied().filter(|v| t.get(v).is_some()).collect();
     match present.as_slice() {
         ["filter"] => {
@@ -1145,6 +1175,7 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
             };
             Some(Step::Window(WindowSpec { kind, key_by, aggregates, key: t.key("window"), span: w.span.clone() }))
         }
+        ["pattern"] => read_pattern(cx, t).map(|p| Step::Pattern(Box::new(p))),
         [] => {
             cx.err(&t.span, &t.path, format!("a step needs one of: {}", verbs.join(", ")));
             None
@@ -1154,6 +1185,39 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
             None
         }
     }
+}
+
+fn read_pattern(cx: &mut Cx, t: &T) -> Option<PatternSpec> {
+    t.check_keys(
+        cx,
+        &["pattern", "key_by", "within", "after_match", "timeouts", "max_partial_matches", "define", "until", "contiguity", "measures"],
+    );
+    let pattern = t.required_string(cx, "pattern", "a sequence of steps, e.g. \"fail{3} -> cancel\"")?;
+    let within = match t.get("within") {
+        Some(_) => Some(t.positive_duration(cx, "within", "how long a match may take, e.g. \"30m\"")?),
+        None => None,
+    };
+    let after_match = t.string(cx, "after_match").unwrap_or(Located {
+        value: "skip_past_last_event".into(),
+        key: t.key("after_match"),
+        span: t.span.clone(),
+    });
+    let max_partial_matches = t.int(cx, "max_partial_matches", 1).map_or(DEFAULT_MAX_PARTIAL_MATCHES, |n| n as usize);
+    let map = |cx: &mut Cx, k: &str| if t.get(k).is_some() { t.string_map(cx, k).unwrap_or_default() } else { Vec::new() };
+    Some(PatternSpec {
+        key_by: t.string_list(cx, "key_by").unwrap_or_default(),
+        within,
+        after_match,
+        timeouts: t.boolean(cx, "timeouts").unwrap_or(false),
+        max_partial_matches,
+        define: map(cx, "define"),
+        until: map(cx, "until"),
+        contiguity: map(cx, "contiguity"),
+        measures: map(cx, "measures"),
+        key: t.key("pattern"),
+        span: pattern.span.clone(),
+        pattern,
+    })
 }
 
 fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {

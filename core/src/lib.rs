@@ -7,6 +7,7 @@
 pub mod alerting;
 pub mod expr;
 pub mod job;
+pub mod pattern;
 pub mod plan;
 pub mod schema;
 pub mod template;

@@ -6,6 +6,7 @@ use sqlparser::ast::{DuplicateTreatment, Expr as Ast, FunctionArg, FunctionArgEx
 
 use crate::expr::{self, CompiledExpr, ExprError};
 use crate::job::{self, JobError, JobErrors, JobSpec, Located, Step, TimeMode, WindowKind};
+use crate::pattern::{MeasurePlan, PatternPlan};
 use crate::schema::Schema;
 use crate::template::Template;
 use crate::value::{DataType, Value};
@@ -27,7 +28,9 @@ pub struct Plan {
     /// What the window (or the sink, without a window) sees.
     pub pre_schema: Schema,
     pub window: Option<WindowPlan>,
-    /// Stateless steps on the window's output rows.
+    /// The pattern step (a job has a window or a pattern, not both).
+    pub pattern: Option<PatternPlan>,
+    /// Stateless steps on the window's (or pattern's) output rows.
     pub post: Vec<PlannedStep>,
     /// Physical width of an output row.
     pub out_width: usize,
@@ -97,6 +100,8 @@ pub enum AggFunc {
     First,
     Last,
     TopK(usize),
+    /// The values as a JSON array, in event-time order.
+    List,
 }
 
 #[derive(Debug, Clone)]
@@ -129,6 +134,20 @@ impl Plan {
             .collect()
     }
 
+    /// The key fields of the window or pattern step (not the tenant).
+    pub fn key_names(&self) -> Vec<&str> {
+        self.spec
+            .steps
+            .iter()
+            .flat_map(|s| match s {
+                Step::Window(w) => w.key_by.as_slice(),
+                Step::Pattern(p) => p.key_by.as_slice(),
+                _ => &[],
+            })
+            .map(|k| k.value.as_str())
+            .collect()
+    }
+
     pub fn event_time(&self) -> bool {
         self.spec.time.mode == TimeMode::Event
     }
@@ -155,22 +174,22 @@ pub fn load(file: &str, text: &str, overrides: &[String]) -> Result<Plan, JobErr
     validate(file, text, spec)
 }
 
-struct V<'a> {
-    file: &'a str,
-    text: &'a str,
-    errors: Vec<JobError>,
+pub(crate) struct V<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) text: &'a str,
+    pub(crate) errors: Vec<JobError>,
 }
 
 impl V<'_> {
-    fn at(&mut self, loc: &Located<String>, message: String) {
+    pub(crate) fn at(&mut self, loc: &Located<String>, message: String) {
         self.errors.push(job::value_error(self.file, self.text, loc, 1, 1, message));
     }
 
-    fn expr_err(&mut self, loc: &Located<String>, e: ExprError) {
+    pub(crate) fn expr_err(&mut self, loc: &Located<String>, e: ExprError) {
         self.errors.push(job::value_error(self.file, self.text, loc, e.line, e.column, e.message));
     }
 
-    fn field(&mut self, schema: &Schema, loc: &Located<String>) -> Option<(usize, DataType)> {
+    pub(crate) fn field(&mut self, schema: &Schema, loc: &Located<String>) -> Option<(usize, DataType)> {
         let found = schema.lookup(&loc.value);
         if found.is_none() {
             self.at(loc, format!("unknown field `{}` (expected one of: {})", loc.value, schema.names().join(", ")));
@@ -256,13 +275,13 @@ impl V<'_> {
                     }
                     *schema = narrowed;
                 }
-                Step::Window(_) => {}
+                Step::Window(_) | Step::Pattern(_) => {}
             }
         }
         out
     }
 
-    fn aggregate(&mut self, name: &str, loc: &Located<String>, schema: &Schema) -> Option<AggPlan> {
+    pub(crate) fn aggregate(&mut self, name: &str, loc: &Located<String>, schema: &Schema) -> Option<AggPlan> {
         let ast = match expr::parse(&loc.value) {
             Ok(a) => a,
             Err(e) => {
@@ -320,6 +339,7 @@ impl V<'_> {
             ("count_distinct", false, 1) => AggFunc::CountDistinct,
             ("approx_count_distinct", false, 1) => AggFunc::ApproxCountDistinct,
             ("first", false, 1) => AggFunc::First,
+            ("list", false, 1) => AggFunc::List,
             ("last", false, 1) => AggFunc::Last,
             ("p50", false, 1) => AggFunc::Percentile(0.5),
             ("p95", false, 1) => AggFunc::Percentile(0.95),
@@ -375,7 +395,7 @@ impl V<'_> {
                 return None;
             }
             AggFunc::Min | AggFunc::Max | AggFunc::First | AggFunc::Last => arg_type,
-            AggFunc::TopK(_) => DataType::String,
+            AggFunc::TopK(_) | AggFunc::List => DataType::String,
         };
         Some(AggPlan { name: name.to_string(), func, arg, arg_type, out_type })
     }
@@ -426,20 +446,37 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
         }
     }
 
-    let window_at = spec.steps.iter().position(|s| matches!(s, Step::Window(_)));
+    let window_at = spec.steps.iter().position(|s| matches!(s, Step::Window(_) | Step::Pattern(_)));
     let windows: Vec<&job::WindowSpec> = spec.steps.iter().filter_map(|s| if let Step::Window(w) = s { Some(w) } else { None }).collect();
-    if windows.len() > 1 {
-        let w = windows[1];
-        let loc = Located { value: String::new(), key: w.key.clone(), span: w.span.clone() };
-        v.at(&loc, "a job has at most one window step (chain a second job on the first one's output instead)".into());
+    let patterns: Vec<&job::PatternSpec> =
+        spec.steps.iter().filter_map(|s| if let Step::Pattern(p) = s { Some(&**p) } else { None }).collect();
+    let keyed: Vec<(String, std::ops::Range<usize>, &str)> = spec
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Window(w) => Some((w.key.clone(), w.span.clone(), "a window")),
+            Step::Pattern(p) => Some((p.key.clone(), p.span.clone(), "a pattern")),
+            _ => None,
+        })
+        .collect();
+    if let Some((key, span, _)) = keyed.get(1) {
+        let loc = Located { value: String::new(), key: key.clone(), span: span.clone() };
+        v.at(&loc, "a job has at most one window or pattern step (chain a second job on the first one's output instead)".into());
     }
-    if let Some(w) = windows.first() {
+    if let Some((key, span, what)) = keyed.first() {
         // Without a [time] table a job runs on processing time; a window must say which time it
         // means, since silently windowing by arrival time is rarely what was wanted.
         if spec.time.key_span == (0..0) {
-            let loc = Located { value: String::new(), key: w.key.clone(), span: w.span.clone() };
-            v.at(&loc, "a window needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")".into());
+            let loc = Located { value: String::new(), key: key.clone(), span: span.clone() };
+            v.at(&loc, format!("{what} needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")"));
         }
+    }
+    if let (Some(p), job::LatePolicy::Update) = (patterns.first(), spec.time.late_policy) {
+        let loc = Located { value: String::new(), key: p.key.clone(), span: p.span.clone() };
+        v.at(
+            &loc,
+            "late_policy = \"update\" re-fires windows; a pattern takes events in time order once: use \"drop\" or \"side_output\"".into(),
+        );
     }
 
     let split = window_at.unwrap_or(spec.steps.len());
@@ -450,8 +487,44 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
     let pre = v.stateless(&before, &mut schema, &mut width);
     let pre_schema = schema.clone();
 
-    let (window, post, output, out_width) = match windows.first() {
-        Some(w) => {
+    let mut pattern = None;
+    let (window, post, output, out_width) = match (windows.first(), patterns.first()) {
+        (None, Some(p)) => {
+            let tenant_name = spec.schema.tenant.value.clone();
+            let mut out = Schema::default();
+            out.push_at(tenant_name.clone(), tenant_type, 0);
+            for k in &p.key_by {
+                if k.value == tenant_name {
+                    v.at(k, "the tenant field is always part of the key; leave it out of key_by".into());
+                } else if let Some((_, ty)) = pre_schema.lookup(&k.value) {
+                    out.push_at(k.value.clone(), ty, out.len());
+                }
+            }
+            out.push_at("match_start".into(), DataType::Timestamp, out.len());
+            out.push_at("match_end".into(), DataType::Timestamp, out.len());
+            if p.timeouts {
+                out.push_at("timed_out".into(), DataType::Bool, out.len());
+            }
+            if let Some(mut planned) = v.pattern(p, &pre_schema, width, time_pos) {
+                if planned.measures.is_empty() && p.measures.is_empty() {
+                    planned.measures = default_measures(&planned, &pre_schema, &tenant_name, &out);
+                }
+                for m in &planned.measures {
+                    if out.lookup(&m.agg.name).is_some() {
+                        let loc = p.measures.iter().find(|(n, _)| *n == m.agg.name).map(|(_, l)| l.clone());
+                        let loc = loc.unwrap_or(Located { value: String::new(), key: p.key.clone(), span: p.span.clone() });
+                        v.at(&loc, format!("the measure name `{}` is already an output field; choose another", m.agg.name));
+                    }
+                    out.push_at(m.agg.name.clone(), m.agg.out_type, out.len());
+                }
+                pattern = Some(planned);
+            }
+            let mut width = out.len();
+            let mut schema = out;
+            let post = v.stateless(&after, &mut schema, &mut width);
+            (None, post, schema, width)
+        }
+        (Some(w), _) => {
             let mut key_pos = Vec::new();
             let mut out = Schema::default();
             let tenant_name = spec.schema.tenant.value.clone();
@@ -488,7 +561,7 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
             let post = v.stateless(&after, &mut schema, &mut width);
             (Some(WindowPlan { kind: w.kind, key_pos, aggs }), post, schema, width)
         }
-        None => (None, Vec::new(), pre_schema.clone(), width),
+        (None, None) => (None, Vec::new(), pre_schema.clone(), width),
     };
 
     for sink in &spec.sinks {
@@ -514,5 +587,32 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
     if !v.errors.is_empty() {
         return Err(JobErrors(v.errors));
     }
-    Ok(Plan { spec, input, tenant_pos, tenant_type, time_pos, row_width: width, pre, pre_schema, window, post, out_width, output })
+    Ok(Plan { spec, input, tenant_pos, tenant_type, time_pos, row_width: width, pre, pre_schema, window, pattern, post, out_width, output })
+}
+
+/// Without `measures`, a match row carries each step's event count and its last event's
+/// fields: `<step>_events`, `<step>_<field>`.
+fn default_measures(p: &PatternPlan, schema: &Schema, tenant: &str, out: &Schema) -> Vec<MeasurePlan> {
+    let mut m = Vec::new();
+    for (i, s) in p.steps.iter().enumerate().filter(|(_, s)| !s.negated) {
+        let count = AggPlan {
+            name: format!("{}_events", s.name),
+            func: AggFunc::CountAll,
+            arg: None,
+            arg_type: DataType::Int,
+            out_type: DataType::Int,
+        };
+        m.push(MeasurePlan { step: Some(i), agg: count });
+        for (f, ty) in schema.fields() {
+            if f == tenant || out.lookup(f).is_some() {
+                continue;
+            }
+            let arg = format!("\"{}\".\"{f}\"", s.name);
+            m.push(MeasurePlan {
+                step: Some(i),
+                agg: AggPlan { name: format!("{}_{f}", s.name), func: AggFunc::Last, arg: Some(arg), arg_type: *ty, out_type: *ty },
+            });
+        }
+    }
+    m
 }

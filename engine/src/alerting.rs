@@ -128,8 +128,7 @@ impl AlertRules {
         let tenant = plan.spec.schema.tenant.value.as_str();
         let mut series_pos = Vec::new();
         let mut series_labels = Vec::new();
-        let keys = plan.spec.steps.iter().filter_map(|s| if let tenantflow_core::job::Step::Window(w) = s { Some(w) } else { None });
-        for name in std::iter::once(tenant).chain(keys.flat_map(|w| w.key_by.iter().map(|k| k.value.as_str()))) {
+        for name in std::iter::once(tenant).chain(plan.key_names()) {
             if let Some(p) = out_names.iter().position(|n| *n == name) {
                 series_pos.push(p);
                 series_labels.push(if name == tenant { "tenant".to_string() } else { name.to_string() });

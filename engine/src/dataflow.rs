@@ -27,9 +27,10 @@ use tenantflow_connectors::kafka::KafkaDeadLetters;
 use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::{DeadLetterSink, DeadLetterWriter, Sink, Source};
-use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec, Step};
+use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec};
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
+use tenantflow_operators::cep::Cep;
 use tenantflow_operators::{Aggregates, WindowStore};
 
 use crate::checkpoint::{self, Crypto, PartWriter, Restore};
@@ -101,7 +102,11 @@ pub fn build(
     let probe_for_source = probe.clone();
     worker.dataflow::<u64, _, _>(|scope| {
         let ingested = ingest(scope, Arc::clone(&plan), source, Arc::clone(&shared), local, probe_for_source, max_lead, ckpt.clone());
-        let windowed = window(ingested, Arc::clone(&plan), Arc::clone(&shared), ckpt.clone());
+        let windowed = if plan.pattern.is_some() {
+            pattern(ingested, Arc::clone(&plan), Arc::clone(&shared), ckpt.clone())
+        } else {
+            window(ingested, Arc::clone(&plan), Arc::clone(&shared), ckpt.clone())
+        };
         sink(windowed, plan, shared, ckpt).probe_with(&probe);
     });
     probe
@@ -276,6 +281,7 @@ impl Drop for Busy<'_> {
 fn route(m: &Envelope) -> u64 {
     match &m.1 {
         Msg::Partial(p) => p.hash,
+        Msg::Event { hash, .. } => *hash,
         Msg::Barrier { to, .. } | Msg::End { to } => *to as u64,
         // Everything else goes straight to the sinks on worker 0.
         _ => 0,
@@ -489,11 +495,112 @@ fn window<'s>(
     })
 }
 
+/// The pattern operator: events of each key, in event-time order once the watermark passes
+/// them, through the pattern's automaton (`operators::cep`); matches (and timeouts) pass the
+/// steps after the pattern and the final projection.
+fn pattern<'s>(
+    input: Stream<'s, u64, Vec<Envelope>>,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    ckpt: Option<Arc<Checkpointing>>,
+) -> Stream<'s, u64, Vec<Envelope>> {
+    let (me, peers) = (input.scope().index() as u32, input.scope().peers());
+    input.unary_frontier::<Out, _, _, _>(Exchange::new(route), "Pattern", move |initial, _info| {
+        let Some(pp) = plan.pattern.as_ref() else { unreachable!("pattern operator without a pattern") };
+        let mut cep = Cep::new(pp, plan.tenant_pos);
+        let post: Vec<CompiledStep> = Plan::compile_steps(&plan.post);
+        let out_pos: Vec<usize> = plan.output.positions().to_vec();
+        let out_width = plan.out_width;
+        // One capability, at or before every time the store may still emit at.
+        let mut held: Option<Capability<u64>> = None;
+        // The keyed stage's part: `window-<worker>` whether it holds windows or a pattern.
+        if let Some(bytes) = ckpt.as_ref().and_then(|c| c.restored_part(&format!("window-{me}"), &shared)) {
+            match checkpoint::decode(&bytes) {
+                Ok(snapshot) => held = cep.restore(snapshot).map(|t| initial.delayed(&to_time(t))),
+                Err(e) => shared.error(format!("restore window-{me} (pattern state): {e}")),
+            }
+        }
+        drop(initial);
+        let mut aligner = Aligner::new(peers);
+        let mut queue = VecDeque::new();
+        let mut last_part_len = 0;
+        let mut counted = (cep.counts, 0usize);
+        move |(input, frontier), output| {
+            let _busy = Busy::new(&shared.busy_ns[stats::WINDOW]);
+            input.for_each(|cap, data| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                queue.extend(data.drain(..).map(|m| (cap.clone(), m)));
+            });
+            drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
+                if let Some((epoch, finished)) = barrier {
+                    if let Some(ck) = ckpt.as_ref() {
+                        let mut bytes = ck.writer.buffer();
+                        bytes.reserve(last_part_len + last_part_len / 8);
+                        let state = checkpoint::encode_into(&mut bytes, &cep.snapshot_ref());
+                        last_part_len = bytes.len();
+                        let written = state.and_then(|()| ck.writer.submit(&ck.root, epoch, format!("window-{me}"), bytes));
+                        if let Err(e) = written {
+                            shared.error(format!("checkpoint {epoch}: writing window-{me} (pattern state): {e}"));
+                        }
+                    }
+                    output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished, stop: 0 }));
+                    return;
+                }
+                match msg {
+                    Msg::Event { time, row, .. } => {
+                        // Sent at a watermark no later than its own time (later ones are late).
+                        if held.as_ref().is_none_or(|h| h.time() > cap.time()) {
+                            held = Some(cap.clone());
+                        }
+                        cep.insert(time, row);
+                    }
+                    other => output.session(cap).give((me, other)),
+                }
+            });
+            for (from, proposal) in aligner.votes.drain(..) {
+                shared.vote(from, proposal, peers);
+            }
+            let upto =
+                frontier.frontier().first().map_or(i64::MAX, |&f| from_time(f)).min(aligner.stashed_min().map_or(i64::MAX, from_time));
+            let due = cep.next_time().is_some_and(|t| t < upto || upto == i64::MAX);
+            if let (true, Some(cap)) = (due, held.as_ref()) {
+                cep.advance(upto, &mut |at, mut row| {
+                    row.resize(out_width, Value::Null);
+                    if post.iter().all(|s| s.apply(&mut row)) {
+                        let projected = out_pos.iter().map(|&p| std::mem::take(&mut row[p])).collect();
+                        let at = to_time(at).max(*cap.time());
+                        output.session(&cap.delayed(&at)).give((me, Msg::Row(projected)));
+                    }
+                });
+            }
+            let c = cep.counts;
+            shared.pattern_matches.fetch_add(c.matches - counted.0.matches, Relaxed);
+            shared.pattern_timeouts.fetch_add(c.timeouts - counted.0.timeouts, Relaxed);
+            shared.partial_matches_dropped.fetch_add(c.dropped - counted.0.dropped, Relaxed);
+            let partials = cep.partial_matches();
+            shared.partial_matches.fetch_add(partials as i64 - counted.1 as i64, Relaxed);
+            counted = (c, partials);
+            match cep.next_time() {
+                Some(t) => {
+                    if let Some(h) = held.as_mut() {
+                        if to_time(t) > *h.time() {
+                            h.downgrade(&to_time(t));
+                        }
+                    }
+                }
+                None => held = None,
+            }
+        }
+    })
+}
+
 /// Opens the job's sinks; `resume` holds each sink's checkpointed output length when restoring.
 fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>, restore_requested: bool) -> Vec<Box<dyn Sink>> {
     // Results come at the same timestamps in every run only for event-time windows without
-    // late updates; only then may the Redis sink skip what its marker says was written.
-    let deterministic = plan.window.is_some() && plan.event_time() && plan.spec.time.late_policy != LatePolicy::Update;
+    // late updates, and patterns; only then may the Redis sink skip what its marker says was
+    // written.
+    let keyed = plan.window.is_some() || plan.pattern.is_some();
+    let deterministic = keyed && plan.event_time() && plan.spec.time.late_policy != LatePolicy::Update;
     let names = plan.output.names();
     let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
     for (i, spec) in plan.spec.sinks.iter().enumerate() {
@@ -535,11 +642,7 @@ fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>, rest
 }
 
 fn window_keys(plan: &Plan) -> impl Iterator<Item = &str> {
-    plan.spec
-        .steps
-        .iter()
-        .filter_map(|s| if let Step::Window(w) = s { Some(w) } else { None })
-        .flat_map(|w| w.key_by.iter().map(|k| k.value.as_str()))
+    plan.key_names().into_iter()
 }
 
 /// Worker 0's sink state in a checkpoint: rows waiting for their timestamp, and how far each
@@ -742,7 +845,7 @@ impl SinkState {
                 Msg::Row(r) => rows.push(r),
                 Msg::Dead(d) => dead.push(d),
                 Msg::Late(r) => late.push(r),
-                Msg::Partial(_) | Msg::Barrier { .. } | Msg::End { .. } => {}
+                Msg::Partial(_) | Msg::Event { .. } | Msg::Barrier { .. } | Msg::End { .. } => {}
             }
         }
         rows.sort_unstable();

@@ -14,6 +14,7 @@ use tenantflow_connectors::{Batch, DeadLetter, Poll, Source};
 use tenantflow_core::job::LatePolicy;
 use tenantflow_core::plan::{CompiledStep, Plan};
 use tenantflow_core::{time, Value};
+use tenantflow_operators::window::hash_key;
 use tenantflow_operators::{Aggregates, PreAggregator};
 
 use crate::stats::{Shared, TenantCounts, IDLE};
@@ -54,6 +55,8 @@ pub struct Ingest {
     plan: Arc<Plan>,
     steps: Vec<CompiledStep>,
     window: Option<WindowPart>,
+    /// Pattern jobs: the tenant's and key fields' row positions, which route each event.
+    pattern_keys: Option<Vec<usize>>,
     /// Row positions of the output fields (jobs without a window).
     out_pos: Vec<usize>,
     input_names: Vec<String>,
@@ -87,6 +90,7 @@ impl Ingest {
             input_names: plan.input.names().iter().map(|s| s.to_string()).collect(),
             steps,
             window,
+            pattern_keys: plan.pattern.as_ref().map(|p| std::iter::once(plan.tenant_pos).chain(p.key_pos.iter().copied()).collect()),
             source,
             max_ts: i64::MIN,
             watermark: i64::MIN,
@@ -308,10 +312,30 @@ impl Ingest {
                         }
                     }
                 }
-                None => {
-                    self.tenants.get(&row[tenant_pos]).events_in += 1;
-                    out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect()))
-                }
+                None => match &self.pattern_keys {
+                    Some(keys) => {
+                        let t = self.tenants.get(&row[tenant_pos]);
+                        t.events_in += 1;
+                        // A pattern takes each key's events in time order once: an event
+                        // behind the watermark would come after events it precedes.
+                        if event_time && ts < wm {
+                            t.late += 1;
+                            if policy == LatePolicy::SideOutput {
+                                self.shared.late_side_output.fetch_add(1, Relaxed);
+                                out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
+                            } else {
+                                late_dropped += 1;
+                            }
+                        } else {
+                            let hash = hash_key(keys.iter().map(|&p| &row[p]));
+                            out.push(Msg::Event { hash, time: ts, row: row.to_vec() });
+                        }
+                    }
+                    None => {
+                        self.tenants.get(&row[tenant_pos]).events_in += 1;
+                        out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect()))
+                    }
+                },
             }
         }
         values.clear();

@@ -28,6 +28,9 @@ pub use tenantflow_core::Plan;
 pub enum Msg {
     /// Pre-aggregated window state, on its way to the worker that owns its key.
     Partial(Partial),
+    /// An event for a pattern step (its row after the stateless steps, and its event time), on
+    /// its way to the worker that owns its key (`hash`).
+    Event { hash: u64, time: i64, row: Vec<Value> },
     /// A finished output row (output schema order).
     Row(Vec<Value>),
     /// A record that could not be processed.

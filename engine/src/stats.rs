@@ -59,6 +59,12 @@ pub struct Shared {
     pub late_updates: AtomicU64,
     pub dead_letters: AtomicU64,
     pub windows_fired: AtomicU64,
+    /// Pattern matches and timed-out partial matches emitted; partial matches dropped at the
+    /// per-key cap; partial matches alive now (all workers of this process).
+    pub pattern_matches: AtomicU64,
+    pub pattern_timeouts: AtomicU64,
+    pub partial_matches_dropped: AtomicU64,
+    pub partial_matches: AtomicI64,
     pub checkpoints: AtomicU64,
     /// The newest committed checkpoint's epoch.
     pub committed_epoch: AtomicU64,
@@ -139,6 +145,10 @@ impl Shared {
             late_updates: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             windows_fired: AtomicU64::new(0),
+            pattern_matches: AtomicU64::new(0),
+            pattern_timeouts: AtomicU64::new(0),
+            partial_matches_dropped: AtomicU64::new(0),
+            partial_matches: AtomicI64::new(0),
             checkpoints: AtomicU64::new(0),
             committed_epoch: AtomicU64::new(0),
             savepoint_epoch: AtomicU64::new(0),
@@ -239,6 +249,9 @@ impl Shared {
             late_updates: self.late_updates.load(Relaxed),
             dead_letters: self.dead_letters.load(Relaxed),
             windows_fired: self.windows_fired.load(Relaxed),
+            pattern_matches: self.pattern_matches.load(Relaxed),
+            pattern_timeouts: self.pattern_timeouts.load(Relaxed),
+            partial_matches_dropped: self.partial_matches_dropped.load(Relaxed),
             checkpoints: self.checkpoints.load(Relaxed),
             savepoint: Some(self.savepoint_epoch.load(Relaxed)).filter(|&e| e > 0 && self.committed_epoch.load(Relaxed) >= e),
             last_checkpoint_bytes: self.checkpoint_bytes.load(Relaxed),
@@ -259,6 +272,9 @@ pub struct RunReport {
     pub late_updates: u64,
     pub dead_letters: u64,
     pub windows_fired: u64,
+    pub pattern_matches: u64,
+    pub pattern_timeouts: u64,
+    pub partial_matches_dropped: u64,
     /// Checkpoints this process committed, and the size and duration of the last one.
     pub checkpoints: u64,
     /// The run stopped on request after committing this checkpoint (a savepoint).

@@ -33,6 +33,8 @@ pub enum Acc {
     First(i64, Value),
     Last(i64, Value),
     TopK(FastMap<Value, u64>),
+    /// (event time, value) of every row.
+    List(Vec<(i64, Value)>),
 }
 
 /// An aggregate's argument: a plain field is read directly, anything else through its compiled
@@ -110,6 +112,7 @@ impl Aggregates {
                 AggFunc::First => Acc::First(i64::MAX, Value::Null),
                 AggFunc::Last => Acc::Last(i64::MIN, Value::Null),
                 AggFunc::TopK(_) => Acc::TopK(FastMap::default()),
+                AggFunc::List => Acc::List(Vec::new()),
             })
             .collect()
     }
@@ -196,6 +199,12 @@ impl Aggregates {
                         *m.entry(v).or_insert(0) += 1;
                     }
                 }
+                Acc::List(l) => {
+                    let v = arg.eval(row);
+                    if !v.is_null() {
+                        l.push((ts, v));
+                    }
+                }
             }
         }
     }
@@ -221,6 +230,13 @@ impl Aggregates {
                     AggFunc::Percentile(q) => s.quantile(*q).ok().flatten().map_or(Value::Null, Value::Float),
                     _ => Value::Null,
                 },
+                Acc::List(l) => {
+                    // Sorted by value within a time too, so the order does not depend on arrival.
+                    let mut l = l.clone();
+                    l.sort();
+                    let json: Vec<serde_json::Value> = l.iter().map(|(_, v)| v.to_json()).collect();
+                    Value::Str(CompactString::new(serde_json::Value::Array(json).to_string()))
+                }
                 Acc::TopK(m) => {
                     let k = if let AggFunc::TopK(k) = func { *k } else { 10 };
                     let mut items: Vec<(&Value, &u64)> = m.iter().collect();
@@ -277,6 +293,7 @@ pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
                 *t = t2;
                 *v = v2;
             }
+            (Acc::List(x), Acc::List(y)) => x.extend(y),
             (Acc::TopK(x), Acc::TopK(y)) => {
                 for (k, c) in y {
                     *x.entry(k).or_insert(0) += c;

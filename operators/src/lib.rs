@@ -5,6 +5,7 @@
 //! the engine wires these pieces into Timely operators.
 
 pub mod aggregate;
+pub mod cep;
 pub mod window;
 
 pub use aggregate::{Acc, Aggregates};

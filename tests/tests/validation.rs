@@ -67,7 +67,7 @@ fn bad_jobs_get_exact_errors() {
         (with("field = \"ts\"\n", ""), "job.toml:18:1: `time.field`: missing key `field` in [time] (expected the timestamp field that carries event time (or mode = \"processing\"))"),
         (with("[time]\nfield = \"ts\"\nmax_out_of_orderness = \"1s\"\n", ""), "job.toml:23:10: `steps[1].window`: a window needs a time field: add [time] with field = \"<timestamp field>\" (or mode = \"processing\")"),
         (with("sum(duration_ms)", "sum(event_type)"), "job.toml:27:45: `steps[1].aggregates.total`: type error: `sum` needs a numeric argument, found string"),
-        (with("count(*)", "median(duration_ms)"), "job.toml:27:25: `steps[1].aggregates.plays`: unknown aggregate `median` (expected one of: count, sum, min, max, avg, count_distinct, approx_count_distinct, approx_percentile, p50, p95, p99, first, last, top_k)"),
+        (with("count(*)", "median(duration_ms)"), "job.toml:27:25: `steps[1].aggregates.plays`: unknown aggregate `median` (expected one of: count, sum, min, max, avg, count_distinct, approx_count_distinct, approx_percentile, p50, p95, p99, first, last, top_k, list)"),
         (with("type = \"stdout\"", "type = \"stdout\"\nformat = \"xml\""), "job.toml:31:10: `sinks[0].format`: unknown value \"xml\" (expected one of: table, json)"),
         (with("ts = \"timestamp\"", "ts = \"string\""), "job.toml:16:7: `schema.fields.ts`: type error: the generator produces `ts` as timestamp, not string"),
         (with("[time]\nfield = \"ts\"", "[time]\nfield = \"event_type\""), "job.toml:19:10: `time.field`: type error: the event-time field must be a timestamp, found string"),
@@ -120,4 +120,68 @@ fn every_example_job_is_valid() {
         }
     }
     assert!(checked >= 3, "only {checked} example jobs found in {}", dir.display());
+}
+
+const PATTERN: &str = r#"
+name = "churn"
+
+[source]
+type = "generator"
+profile = "music"
+events = 100
+
+[schema]
+tenant = "tenant_id"
+
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+event_type = "string"
+amount = "float"
+ts = "timestamp"
+
+[time]
+field = "ts"
+
+[[steps]]
+pattern = "failed{3} -> cancel"
+key_by = ["user_id"]
+within = "7d"
+define = { failed = "event_type = 'payment_failed'", cancel = "event_type = 'cancel' AND amount > failed.amount" }
+measures = { failures = "count(failed.*)", total = "sum(failed.amount)" }
+
+[[sinks]]
+type = "stdout"
+"#;
+
+#[test]
+fn bad_patterns_get_exact_errors() {
+    assert_eq!(errors(PATTERN), Vec::<String>::new());
+    let with = |from: &str, to: &str| {
+        assert!(PATTERN.contains(from), "test setup: {from:?} not in the pattern job");
+        PATTERN.replacen(from, to, 1)
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (with("failed{3} -> cancel", "failed{3} => cancel"), "job.toml:23:22: `steps[0].pattern`: expected a step name (letters, digits, _), found `=`"),
+        (with("failed{3} -> cancel", "failed{3,1} -> cancel"), "job.toml:23:18: `steps[0].pattern`: invalid quantifier {3,1}: expected at least one event and min <= max"),
+        (with("failed{3} -> cancel", "failed -> cancel+"), "job.toml:23:22: `steps[0].pattern`: a greedy quantifier cannot end the pattern (there is no next step to stop it); make it reluctant (`cancel+?`) or add a step after it"),
+        (with("failed{3} -> cancel", "!failed -> cancel"), "job.toml:23:12: `steps[0].pattern`: a pattern cannot start with a negation"),
+        (with("failed{3} -> cancel", "failed -> !cancel").replacen("within = \"7d\"\n", "", 1), "job.toml:23:22: `steps[0].pattern`: a pattern that ends with `-> !step` needs `within`: the match is emitted once that time has passed without the step"),
+        (with("failed{3} -> cancel", "failed? -> !cancel -> x"), "job.toml:23:23: `steps[0].pattern`: a negation cannot follow the optional step `failed` (as in Flink CEP)"),
+        (with("failed{3} -> cancel", "failed -> failed"), "job.toml:23:22: `steps[0].pattern`: step `failed` appears twice; give each step its own name"),
+        (with("amount > failed.amount", "amount > failure.amount"), "job.toml:26:99: `steps[0].define.cancel`: unknown field `failure.amount` (expected one of: tenant_id, user_id, event_type, amount, ts, cancel.tenant_id, cancel.user_id, cancel.event_type, cancel.amount, cancel.ts)"),
+        (with("amount > failed.amount", "amount + failed.amount"), "job.toml:26:90: `steps[0].define.cancel`: AND expects bool operands, found float"),
+        (with("cancel = \"event", "cancelled = \"event"), "job.toml:26:67: `steps[0].define.cancelled`: no step `cancelled` in the pattern (its steps: failed, cancel)"),
+        (with("within = \"7d\"", "within = \"7d\"\nafter_match = \"skip_to_last:cancelled\""), "job.toml:26:16: `steps[0].after_match`: no step `cancelled` in the pattern (its steps: failed, cancel)"),
+        (with("within = \"7d\"", "within = \"7d\"\nafter_match = \"skip_all\""), "job.toml:26:16: `steps[0].after_match`: unknown after_match \"skip_all\" (expected one of: no_skip, skip_to_next, skip_past_last_event, skip_to_first:<step>, skip_to_last:<step>)"),
+        (with("within = \"7d\"", "within = \"7d\"\ncontiguity = { cancel = \"strict\" }"), "job.toml:26:26: `steps[0].contiguity.cancel`: `contiguity` applies to looping steps; `cancel` takes one event"),
+        (with("within = \"7d\"", "timeouts = true"), "job.toml:23:12: `steps[0].pattern`: `timeouts = true` needs `within` (a partial match times out that long after its first event)"),
+        (with("sum(failed.amount)", "sum(failed.event_type)"), "job.toml:27:53: `steps[0].measures.total`: type error: `sum` needs a numeric argument, found string"),
+        (with("sum(failed.amount)", "sum(failed.amount + cancel.amount)"), "job.toml:27:53: `steps[0].measures.total`: a measure aggregates the events of one step (or of the whole match), not of several"),
+        (with("key_by = [\"user_id\"]", "key_by = [\"user\"]"), "job.toml:24:12: `steps[0].key_by[0]`: unknown field `user` (expected one of: tenant_id, user_id, event_type, amount, ts)"),
+        (with("[time]\nfield = \"ts\"", "[time]\nfield = \"ts\"\nallowed_lateness = \"1m\"\nlate_policy = \"update\""), "job.toml:25:12: `steps[0].pattern`: late_policy = \"update\" re-fires windows; a pattern takes events in time order once: use \"drop\" or \"side_output\""),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_eq!(errors(text), vec![expected.to_string()], "case {i}");
+    }
 }
