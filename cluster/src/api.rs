@@ -484,6 +484,8 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
         v["dead_letters"] = s.dead_letters.into();
         v["late_events"] = s.late_events.into();
         v["windows_fired"] = s.windows_fired.into();
+        v["pattern_matches"] = s.pattern_matches.into();
+        v["partial_matches"] = s.partial_matches.into();
         v["watermark"] = tenantflow_engine::dataflow::fmt_watermark(s.watermark_us).into();
         v["last_checkpoint"] = match s.last_checkpoint_epoch {
             Some(epoch) => json!({"epoch": epoch, "bytes": s.last_checkpoint_bytes, "duration_ms": s.last_checkpoint_duration_ms}),
@@ -505,6 +507,8 @@ fn merge(mut total: JobStatus, peers: &[JobStatus]) -> JobStatus {
         total.dead_letters += p.dead_letters;
         total.late_events += p.late_events;
         total.windows_fired += p.windows_fired;
+        total.pattern_matches += p.pattern_matches;
+        total.partial_matches += p.partial_matches;
         total.watermark_us = match (total.watermark_us, p.watermark_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -152,6 +152,12 @@ impl AlertRules {
             alerting.resolve_timeout = alerting.resolve_timeout.max(period.saturating_mul(3));
             let end = out_names.iter().position(|n| *n == "window_end");
             forget = end.map(|p| (p, period.saturating_mul(FORGET_AFTER_PERIODS), i64::MIN));
+        } else if let Some(p) = &plan.pattern {
+            // A pattern's period is its `within` (an hour without one): keys that matched once
+            // and went quiet must not stay in memory for good.
+            let period = p.within.unwrap_or(3600 * time::MICROS_PER_SEC);
+            let end = out_names.iter().position(|n| *n == "match_end");
+            forget = end.map(|e| (e, period.saturating_mul(FORGET_AFTER_PERIODS), i64::MIN));
         }
         let manager = tenantflow_alerts::Manager::new(&alerting, &plan.spec.name, silences, Arc::new(SystemClock), &dir)
             .map_err(|e| e.to_string())?;

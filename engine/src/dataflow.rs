@@ -719,8 +719,13 @@ fn sink<'s>(
             });
             // As for windows: a timestamp is complete only when nothing of it waits behind a barrier.
             aligner.votes.clear();
+            // Timestamps are totally ordered: what is ready lies below the frontier's one element
+            // (and below anything stashed), a prefix of `pending` (pattern jobs keep many).
             let stashed = aligner.stashed_min().unwrap_or(u64::MAX);
-            let ready: Vec<u64> = pending.keys().copied().filter(|t| !frontier.frontier().less_equal(t) && *t < stashed).collect();
+            let ready: Vec<u64> = match frontier.frontier().first() {
+                Some(&f) => pending.range(..f.min(stashed)).map(|(t, _)| *t).collect(),
+                None => pending.keys().copied().filter(|t| *t < stashed || stashed == u64::MAX).collect(),
+            };
             let Some(st) = state.as_mut() else { return };
             if !ready.is_empty() {
                 let started = Instant::now();

@@ -92,6 +92,11 @@ pub struct JobStatus {
     pub dead_letters: u64,
     pub late_events: u64,
     pub windows_fired: u64,
+    /// Pattern jobs: matches emitted, and partial matches alive now.
+    #[serde(default)]
+    pub pattern_matches: u64,
+    #[serde(default)]
+    pub partial_matches: i64,
     /// The lowest watermark of this process's sources (µs since the epoch).
     pub watermark_us: Option<i64>,
     pub checkpoints: u64,
@@ -135,6 +140,8 @@ fn status(j: &HostedJob) -> JobStatus {
         dead_letters: s.dead_letters.load(Relaxed),
         late_events: s.late_dropped.load(Relaxed) + s.late_side_output.load(Relaxed) + s.late_updates.load(Relaxed),
         windows_fired: s.windows_fired.load(Relaxed),
+        pattern_matches: s.pattern_matches.load(Relaxed),
+        partial_matches: s.partial_matches.load(Relaxed),
         watermark_us: s.watermark(),
         checkpoints: s.checkpoints.load(Relaxed),
         last_checkpoint_epoch: (committed > 0).then_some(committed),

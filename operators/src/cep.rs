@@ -15,7 +15,9 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 
-use foldhash::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 use serde::{Deserialize, Serialize};
 use tenantflow_core::expr::CompiledExpr;
 use tenantflow_core::pattern::{CondPlan, CondRef, Contiguity, PatternPlan, RefFunc, SkipStrategy};
@@ -80,7 +82,10 @@ impl KeyState {
 
     fn get(&self, slot: u32) -> &Stored {
         // Slots in a partial match are live by construction (`collect` keeps them).
-        self.slab[slot as usize].as_ref().expect("live slot")
+        static MISSING: Stored = Stored { id: 0, time: 0, row: Vec::new() };
+        let stored = self.slab.get(slot as usize).and_then(Option::as_ref);
+        debug_assert!(stored.is_some(), "partial match holds a freed event");
+        stored.unwrap_or(&MISSING)
     }
 
     /// Frees the events no partial match holds any more.
@@ -147,7 +152,9 @@ pub struct Cep {
     /// Tenant position, then the key positions.
     key_pos: Vec<usize>,
     timeouts_field: bool,
-    keys: HashMap<Vec<Value>, u32>,
+    /// Key ids by the key's values, which live in the key's state only (not twice).
+    keys: HashTable<u32>,
+    hasher: foldhash::fast::FixedState,
     states: Vec<KeyState>,
     free_keys: Vec<u32>,
     /// Events waiting for the watermark, in the order they will be taken: time, then the
@@ -199,7 +206,8 @@ impl Cep {
             key_pos: std::iter::once(tenant_pos).chain(plan.key_pos.iter().copied()).collect(),
             timeouts_field: plan.timeouts,
             plan: plan.clone(),
-            keys: HashMap::default(),
+            keys: HashTable::new(),
+            hasher: foldhash::fast::FixedState::default(),
             states: Vec::new(),
             free_keys: Vec::new(),
             pending: BTreeSet::new(),
@@ -293,11 +301,12 @@ impl Cep {
     fn key_id(&mut self, row: &[Value]) -> u32 {
         self.scratch.clear();
         self.scratch.extend(self.key_pos.iter().map(|&p| row[p].clone()));
-        if let Some(&k) = self.keys.get(&self.scratch) {
+        let hash = self.hasher.hash_one(&self.scratch);
+        let (states, scratch) = (&self.states, &self.scratch);
+        if let Some(&k) = self.keys.find(hash, |&k| states[k as usize].key == *scratch) {
             return k;
         }
-        let key = self.scratch.clone();
-        let ks = KeyState { key: key.clone(), timer: i64::MAX, ..KeyState::default() };
+        let ks = KeyState { key: self.scratch.clone(), timer: i64::MAX, ..KeyState::default() };
         let id = match self.free_keys.pop() {
             Some(i) => {
                 self.states[i as usize] = ks;
@@ -308,7 +317,8 @@ impl Cep {
                 (self.states.len() - 1) as u32
             }
         };
-        self.keys.insert(key, id);
+        let (states, hasher) = (&self.states, &self.hasher);
+        self.keys.insert_unique(hash, id, |&k| hasher.hash_one(&states[k as usize].key));
         id
     }
 
@@ -430,7 +440,9 @@ impl Cep {
         self.blocked = self.blocked + now.1 - ks.counted.1;
         ks.counted = now;
         if ks.partials.is_empty() && ks.completed.is_empty() {
-            self.keys.remove(&ks.key);
+            if let Ok(entry) = self.keys.find_entry(self.hasher.hash_one(&ks.key), |&k| k == kid) {
+                entry.remove();
+            }
             self.free_keys.push(kid);
             self.states[kid as usize] = KeyState { timer: i64::MAX, ..KeyState::default() };
             return;
@@ -460,8 +472,8 @@ impl Cep {
         for (step, aggs) in &self.measures {
             let mut accs = aggs.init();
             for &(s, slot) in &p.events {
-                if step.is_none_or(|st| st == s as usize) {
-                    let e = ks.get(slot);
+                let e = ks.get(slot);
+                if step.is_none_or(|st| st == s as usize) && !e.row.is_empty() {
                     aggs.update(&mut accs, &e.row, e.time);
                 }
             }
@@ -501,8 +513,10 @@ impl Cep {
             } else {
                 ks.timer = i64::MAX;
             }
-            self.keys.insert(ks.key.clone(), kid);
+            let hash = self.hasher.hash_one(&ks.key);
             self.states.push(ks);
+            let (states, hasher) = (&self.states, &self.hasher);
+            self.keys.insert_unique(hash, kid, |&k| hasher.hash_one(&states[k as usize].key));
         }
         self.pending = snap.pending.into_iter().collect();
         self.arrivals = snap.arrivals;
@@ -701,18 +715,18 @@ impl Nfa {
 fn reference(r: &CondRef, ks: &KeyState, p: &Partial, me: usize, ev: &[Value]) -> Value {
     let events = p.events.iter().filter(|(s, _)| r.step.is_none_or(|st| st == *s as usize)).map(|&(_, slot)| &ks.get(slot).row);
     let current = r.with_current && r.step.is_none_or(|s| s == me);
-    let value = |row: &Vec<Value>| r.pos.map_or(Value::Null, |pos| row[pos].clone());
+    let value = |row: &Vec<Value>| r.pos.and_then(|pos| row.get(pos)).cloned().unwrap_or(Value::Null);
     match r.func {
         RefFunc::Last(n) => events.rev().nth(n).map_or(Value::Null, value),
         RefFunc::First(n) => events.clone().nth(n).map_or(Value::Null, value),
         RefFunc::Count => {
-            let counted = |row: &Vec<Value>| r.pos.is_none_or(|pos| !row[pos].is_null());
+            let counted = |row: &Vec<Value>| r.pos.is_none_or(|pos| row.get(pos).is_some_and(|v| !v.is_null()));
             let n = events.filter(|row| counted(row)).count() + usize::from(current && r.pos.is_none_or(|pos| !ev[pos].is_null()));
             Value::Int(n as i64)
         }
         RefFunc::Sum | RefFunc::Avg => {
             let Some(pos) = r.pos else { return Value::Null };
-            let vals = events.map(|row| &row[pos]).chain(current.then(|| &ev[pos])).filter(|v| !v.is_null());
+            let vals = events.filter_map(|row| row.get(pos)).chain(current.then(|| &ev[pos])).filter(|v| !v.is_null());
             let (mut int, mut float, mut n, mut is_float) = (0i64, 0f64, 0usize, false);
             for v in vals {
                 n += 1;
@@ -736,7 +750,7 @@ fn reference(r: &CondRef, ks: &KeyState, p: &Partial, me: usize, ev: &[Value]) -
         }
         RefFunc::Min | RefFunc::Max => {
             let Some(pos) = r.pos else { return Value::Null };
-            let vals = events.map(|row| &row[pos]).chain(current.then(|| &ev[pos])).filter(|v| !v.is_null());
+            let vals = events.filter_map(|row| row.get(pos)).chain(current.then(|| &ev[pos])).filter(|v| !v.is_null());
             let best = if r.func == RefFunc::Min { vals.min() } else { vals.max() };
             best.cloned().unwrap_or(Value::Null)
         }

@@ -270,3 +270,51 @@ fn restore_in_the_middle_of_partial_matches_loses_and_doubles_nothing() {
     assert_eq!(got.len(), expected.len(), "rows after {kills} kills");
     assert!(got == expected, "the restored runs' output differs from a run without crashes");
 }
+
+#[test]
+fn matches_feed_alert_rules() {
+    let hook = tenantflow_tests::Webhook::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out.jsonl");
+    let rules = format!(
+        r#"
+[[alerts]]
+name = "ChurnRisk"
+condition = "amount_failed > 20"
+annotations = {{ summary = "{{user_id}} cancelled after {{failures}} failed payments" }}
+
+[alerting]
+state_dir = "{}/alerts"
+[alerting.route]
+receiver = "hook"
+group_by = ["alertname", "tenant"]
+
+[[alerting.receivers]]
+name = "hook"
+type = "webhook"
+url = "{}"
+"#,
+        dir.path().display(),
+        hook.url
+    );
+    run_job(&(example("churn-signal.toml", &out) + &rules), 2);
+    // acme/u3's failures add up to 14.97: its match is written but fires nothing.
+    let mut fired: Vec<(String, String, String)> = hook
+        .firing()
+        .iter()
+        .map(|a| {
+            let l = &a["labels"];
+            let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+            (s(&l["tenant"]), s(&l["user_id"]), s(&a["annotations"]["summary"]))
+        })
+        .collect();
+    fired.sort();
+    assert_eq!(
+        fired,
+        vec![
+            ("acme".into(), "u1".into(), "u1 cancelled after 3 failed payments".into()),
+            ("globex".into(), "u1".into(), "u1 cancelled after 3 failed payments".into()),
+        ]
+    );
+    assert_eq!(read_jsonl(&out).len(), 3);
+}
