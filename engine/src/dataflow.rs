@@ -431,15 +431,9 @@ fn window<'s>(
             drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
                 if let Some((epoch, finished)) = barrier {
                     if let Some(ck) = ckpt.as_ref() {
-                        // Serialized straight from the store (no copy of it), sized like the last
-                        // one; written and fsynced by the process's part writer.
-                        let mut bytes = ck.writer.buffer();
-                        bytes.reserve(last_part_len + last_part_len / 8);
-                        let state = store.as_ref().map_or(Ok(()), |s| checkpoint::encode_into(&mut bytes, &s.snapshot_ref()));
-                        last_part_len = bytes.len();
-                        let written = state.and_then(|()| ck.writer.submit(&ck.root, epoch, format!("window-{me}"), bytes));
-                        if let Err(e) = written {
-                            shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
+                        match store.as_ref() {
+                            Some(s) => write_keyed_part(ck, epoch, me, &mut last_part_len, &s.snapshot_ref(), &shared),
+                            None => write_keyed_part(ck, epoch, me, &mut last_part_len, &(), &shared),
                         }
                     }
                     output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished, stop: 0 }));
@@ -495,6 +489,20 @@ fn window<'s>(
     })
 }
 
+/// Writes the keyed stage's part of checkpoint `epoch` (`window-<worker>`, windows or pattern
+/// state): serialized straight from the store (no copy of it), sized like the last one, written
+/// and fsynced by the process's part writer.
+fn write_keyed_part<S: serde::Serialize>(ck: &Checkpointing, epoch: u64, me: u32, last_len: &mut usize, state: &S, shared: &Shared) {
+    let mut bytes = ck.writer.buffer();
+    bytes.reserve(*last_len + *last_len / 8);
+    let encoded = checkpoint::encode_into(&mut bytes, state);
+    *last_len = bytes.len();
+    let written = encoded.and_then(|()| ck.writer.submit(&ck.root, epoch, format!("window-{me}"), bytes));
+    if let Err(e) = written {
+        shared.error(format!("checkpoint {epoch}: writing window-{me}: {e}"));
+    }
+}
+
 /// The pattern operator: events of each key, in event-time order once the watermark passes
 /// them, through the pattern's automaton (`operators::cep`); matches (and timeouts) pass the
 /// steps after the pattern and the final projection.
@@ -534,14 +542,7 @@ fn pattern<'s>(
             drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
                 if let Some((epoch, finished)) = barrier {
                     if let Some(ck) = ckpt.as_ref() {
-                        let mut bytes = ck.writer.buffer();
-                        bytes.reserve(last_part_len + last_part_len / 8);
-                        let state = checkpoint::encode_into(&mut bytes, &cep.snapshot_ref());
-                        last_part_len = bytes.len();
-                        let written = state.and_then(|()| ck.writer.submit(&ck.root, epoch, format!("window-{me}"), bytes));
-                        if let Err(e) = written {
-                            shared.error(format!("checkpoint {epoch}: writing window-{me} (pattern state): {e}"));
-                        }
+                        write_keyed_part(ck, epoch, me, &mut last_part_len, &cep.snapshot_ref(), &shared);
                     }
                     output.session(cap).give((me, Msg::Barrier { epoch, to: 0, finished, stop: 0 }));
                     return;

@@ -300,32 +300,18 @@ impl Ingest {
                             self.shared.late_updates.fetch_add(1, Relaxed);
                         } else {
                             // Rows that reach a window are counted per tenant when partials are drained.
-                            let t = self.tenants.get(&row[tenant_pos]);
-                            t.events_in += 1;
-                            t.late += 1;
-                            if policy == LatePolicy::SideOutput {
-                                self.shared.late_side_output.fetch_add(1, Relaxed);
-                                out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
-                            } else {
-                                late_dropped += 1;
-                            }
+                            self.tenants.get(&row[tenant_pos]).events_in += 1;
+                            late_dropped += self.late(row, tenant_pos, out);
                         }
                     }
                 }
                 None => match &self.pattern_keys {
                     Some(keys) => {
-                        let t = self.tenants.get(&row[tenant_pos]);
-                        t.events_in += 1;
+                        self.tenants.get(&row[tenant_pos]).events_in += 1;
                         // A pattern takes each key's events in time order once: an event
                         // behind the watermark would come after events it precedes.
                         if event_time && ts < wm {
-                            t.late += 1;
-                            if policy == LatePolicy::SideOutput {
-                                self.shared.late_side_output.fetch_add(1, Relaxed);
-                                out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
-                            } else {
-                                late_dropped += 1;
-                            }
+                            late_dropped += self.late(row, tenant_pos, out);
                         } else {
                             let hash = hash_key(keys.iter().map(|&p| &row[p]));
                             out.push(Msg::Event { hash, time: ts, row: row.to_vec() });
@@ -351,6 +337,19 @@ impl Ingest {
             }
         }
         (status, rows + undecodable)
+    }
+
+    /// Counts a late row for its tenant and sends it to the late output, or returns 1 when it
+    /// is dropped (the caller sums those).
+    fn late(&mut self, row: &[Value], tenant_pos: usize, out: &mut Vec<Msg>) -> u64 {
+        self.tenants.get(&row[tenant_pos]).late += 1;
+        if self.plan.spec.time.late_policy == LatePolicy::SideOutput {
+            self.shared.late_side_output.fetch_add(1, Relaxed);
+            out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
+            0
+        } else {
+            1
+        }
     }
 
     fn publish(&self, wm: i64) {

@@ -104,10 +104,6 @@ impl KeyState {
             }
         }
     }
-
-    fn held_events(&self) -> usize {
-        self.slab.iter().filter(|s| s.is_some()).count()
-    }
 }
 
 /// A compiled step condition.
@@ -241,11 +237,6 @@ impl Cep {
     /// Active partial matches, over all keys.
     pub fn partial_matches(&self) -> usize {
         self.partial_count
-    }
-
-    /// Events held by partial matches, over all keys.
-    pub fn held_events(&self) -> usize {
-        self.states.iter().map(KeyState::held_events).sum()
     }
 
     /// Takes every waiting event before `upto` in time order, then fires the timers at or

@@ -21,6 +21,13 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}"))).collect()
 }
 
+/// A file's lines, sorted (outputs whose order may differ between runs), empty if missing.
+pub fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect();
+    lines.sort();
+    lines
+}
+
 /// The `tenantflow` binary built alongside the tests (target/<profile>/tenantflow).
 pub fn tenantflow_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use tenantflow_tests::{read_jsonl, run_job, run_with_kills};
+use tenantflow_tests::{read_jsonl, run_job, run_with_kills, sorted_lines};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -153,12 +153,6 @@ path = "{out}"
         input = input.display(),
         out = out.display()
     )
-}
-
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect();
-    lines.sort();
-    lines
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tenantflow_tests::{run_with_kills, tenantflow_bin};
+use tenantflow_tests::{run_with_kills, sorted_lines, tenantflow_bin};
 
 fn job(dir: &Path, checkpoints: bool) -> String {
     let checkpoint = if checkpoints {
@@ -60,12 +60,6 @@ path = "{dir}/dead.jsonl"
 "#,
         dir = dir.display()
     )
-}
-
-fn sorted_lines(path: &Path) -> Vec<String> {
-    let mut lines: Vec<String> = std::fs::read_to_string(path).unwrap_or_default().lines().map(String::from).collect();
-    lines.sort();
-    lines
 }
 
 fn spawn(dir: &Path, restore: bool) -> std::process::Child {
