@@ -374,7 +374,7 @@ fn three_processes_on_distinct_addresses_match_one_process() {
 
 /// Every PromQL expression of the Grafana dashboards (deploy/grafana/dashboards), evaluated by a
 /// real Prometheus scraping a running cluster, returns data. The cluster runs a generator ->
-/// Kafka job and a Kafka -> window job with checkpoints (dev-kafka, in the test).
+/// Kafka job, a Kafka -> window job with checkpoints (dev-kafka, in the test) and a pattern job.
 #[test]
 fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     let prometheus = "prometheus";
@@ -402,7 +402,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         d.join("alerts").display(),
         hook.url
     );
-    for (name, text) in [("produce", producer), ("consume", consumer)] {
+    // A pattern job beside them, so the pattern panel shows matches and partial matches.
+    let pattern = format!(
+        "name = \"pattern\"\n[source]\ntype = \"generator\"\nprofile = \"music\"\nevents = 100000000\nrate = 2000\ntenants = 4\nusers = 50\n\n{schema}\n[time]\nfield = \"ts\"\n\n[[steps]]\npattern = \"play -> skip\"\nkey_by = [\"user_id\"]\nwithin = \"5s\"\ndefine = {{ play = \"event_type = 'play'\", skip = \"event_type = 'skip'\" }}\nmeasures = {{ n = \"count(*)\" }}\n\n[[sinks]]\ntype = \"discard\"\n"
+    );
+    for (name, text) in [("produce", producer), ("consume", consumer), ("pattern", pattern)] {
         let file = d.join(format!("{name}.toml"));
         std::fs::write(&file, text).expect("write job");
         let id = cluster.cli(&["job", "submit", &file.display().to_string()])["id"].as_str().expect("id").to_string();
@@ -440,6 +444,14 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         query("count_over_time(up{job=\"tenantflow\"}[1m])")["data"]["result"].as_array().is_some_and(|r| {
             r.len() == 2 && r.iter().all(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) >= 6.0)
         })
+    });
+
+    // The pattern job submitted to the cluster finds matches.
+    cluster.wait_for(Duration::from_secs(30), "the pattern job's matches in Prometheus", || {
+        query("sum(tenantflow_pattern_matches_total)")["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|n| n > 0.0)
     });
 
     let dashboards = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards");
