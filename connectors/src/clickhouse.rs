@@ -20,12 +20,12 @@
 //! | `interval` | `Int64` (microseconds) | 8 bytes |
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tenantflow_core::job::ClickHouseSinkSpec;
 use tenantflow_core::{DataType, Value};
 
-use crate::sender::{Backoff, Retrying, Sender};
+use crate::sender::{Backoff, Batching, Retrying, Sender};
 use crate::sink::Sink;
 use crate::ConnectorError;
 
@@ -110,13 +110,11 @@ fn leb128(out: &mut Vec<u8>, mut n: u64) {
 }
 
 pub struct ClickHouseSink {
-    spec: ClickHouseSinkSpec,
     fields: Vec<(String, DataType)>,
     tenant: Option<usize>,
     /// RowBinary rows not handed to the sender yet, and when the first of them came.
     batch: Vec<u8>,
-    rows: usize,
-    since: Option<Instant>,
+    batching: Batching,
     row: Vec<u8>,
     /// The timestamp whose rows are being written: ids hash it with the row.
     time: u64,
@@ -168,12 +166,10 @@ impl ClickHouseSink {
         let sender = Sender::start("clickhouse", move |body: Vec<u8>, r: &Retrying| insert_batch(&agent, &url, &insert, &table, &body, r))
             .map_err(|e| err("starting the sender", e.to_string()))?;
         Ok(ClickHouseSink {
-            spec: spec.clone(),
             fields: fields.to_vec(),
             tenant,
             batch: Vec::new(),
-            rows: 0,
-            since: None,
+            batching: Batching::new(spec.batch_rows, spec.batch_interval),
             row: Vec::new(),
             time: 0,
             last_hash: 0,
@@ -184,13 +180,12 @@ impl ClickHouseSink {
 
     /// Hands the batch to the sender (waiting while the one before still waits).
     fn hand_off(&mut self) -> io::Result<()> {
-        if self.rows == 0 {
+        if self.batching.is_empty() {
             return Ok(());
         }
         let next = Vec::with_capacity(self.batch.capacity());
         self.sender.send(std::mem::replace(&mut self.batch, next))?;
-        self.rows = 0;
-        self.since = None;
+        self.batching.restart();
         Ok(())
     }
 }
@@ -238,9 +233,7 @@ impl Sink for ClickHouseSink {
         let id = hash ^ u128::from(self.rank).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
         self.batch.extend_from_slice(&id.to_le_bytes());
         self.batch.extend_from_slice(&self.row);
-        self.rows += 1;
-        self.since.get_or_insert_with(Instant::now);
-        if self.rows >= self.spec.batch_rows {
+        if self.batching.add() {
             self.hand_off()?;
         }
         Ok(())
@@ -249,7 +242,7 @@ impl Sink for ClickHouseSink {
     /// Hands a batch on once it is old enough.
     fn flush(&mut self) -> io::Result<()> {
         self.sender.check()?;
-        if self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval) {
+        if self.batching.due() {
             self.hand_off()?;
         }
         Ok(())
@@ -267,7 +260,7 @@ impl Sink for ClickHouseSink {
     }
 
     fn pending(&self) -> bool {
-        self.rows > 0
+        !self.batching.is_empty()
     }
 
     fn retries(&self) -> u64 {

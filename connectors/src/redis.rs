@@ -23,13 +23,13 @@
 //! deletes the marker and writes everything (at least once across restores).
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tenantflow_core::job::{RedisMode, RedisSinkSpec};
 use tenantflow_core::template::{BoundTemplate, Template};
 use tenantflow_core::{time, DataType, Value};
 
-use crate::sender::{Backoff, Retrying, Sender};
+use crate::sender::{Backoff, Batching, Retrying, Sender};
 use crate::sink::{JsonLines, Sink};
 use crate::ConnectorError;
 
@@ -53,8 +53,7 @@ pub struct RedisSink {
     /// Rows at or before this marker were written before a restore: skipped.
     skip_through: Option<Marker>,
     pipe: redis::Pipeline,
-    rows: usize,
-    since: Option<Instant>,
+    batching: Batching,
     time: u64,
     index: u64,
     key_buf: String,
@@ -127,8 +126,7 @@ impl RedisSink {
             marker_key,
             skip_through,
             pipe: transaction(),
-            rows: 0,
-            since: None,
+            batching: Batching::new(spec.batch_rows, spec.batch_interval),
             time: 0,
             index: 0,
             key_buf: String::new(),
@@ -217,7 +215,7 @@ impl RedisSink {
 
     /// Closes the transaction with the marker and hands it to the sender.
     fn hand_off(&mut self) -> io::Result<()> {
-        if self.rows == 0 {
+        if self.batching.is_empty() {
             return Ok(());
         }
         let end = (self.time, self.index);
@@ -225,8 +223,7 @@ impl RedisSink {
         self.pipe.cmd("SET").arg(&self.marker_key).arg(format!("{} {}", end.0, end.1));
         let pipe = std::mem::replace(&mut self.pipe, transaction());
         self.sender.send((pipe, end))?;
-        self.rows = 0;
-        self.since = None;
+        self.batching.restart();
         Ok(())
     }
 
@@ -350,9 +347,7 @@ impl Sink for RedisSink {
             return Ok(());
         }
         self.encode(row);
-        self.rows += 1;
-        self.since.get_or_insert_with(Instant::now);
-        if self.rows >= self.spec.batch_rows {
+        if self.batching.add() {
             self.hand_off()?;
         }
         Ok(())
@@ -360,7 +355,7 @@ impl Sink for RedisSink {
 
     fn flush(&mut self) -> io::Result<()> {
         self.sender.check()?;
-        if self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.spec.batch_interval) {
+        if self.batching.due() {
             self.hand_off()?;
         }
         Ok(())
@@ -378,7 +373,7 @@ impl Sink for RedisSink {
     }
 
     fn pending(&self) -> bool {
-        self.rows > 0
+        !self.batching.is_empty()
     }
 
     fn retries(&self) -> u64 {

@@ -7,7 +7,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Batches handed over and not yet applied, at most (beyond, the worker waits).
 const IN_FLIGHT: usize = 1;
@@ -16,6 +16,43 @@ enum Job<B> {
     Batch(B),
     /// Answers once every batch before it is applied (or with the first failure).
     Flush(mpsc::Sender<Result<(), String>>),
+}
+
+/// The batch a sink is building: it goes to the sender once it holds `max_rows` rows or its
+/// first row is `max_age_us` old.
+pub(crate) struct Batching {
+    rows: usize,
+    since: Option<Instant>,
+    max_rows: usize,
+    max_age_us: i64,
+}
+
+impl Batching {
+    pub fn new(max_rows: usize, max_age_us: i64) -> Batching {
+        Batching { rows: 0, since: None, max_rows, max_age_us }
+    }
+
+    /// Counts a row added to the batch; true when the batch is full.
+    pub fn add(&mut self) -> bool {
+        self.rows += 1;
+        self.since.get_or_insert_with(Instant::now);
+        self.rows >= self.max_rows
+    }
+
+    /// The batch holds rows old enough to go.
+    pub fn due(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed().as_micros() as i64 >= self.max_age_us)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The batch was handed over: the next one starts empty.
+    pub fn restart(&mut self) {
+        self.rows = 0;
+        self.since = None;
+    }
 }
 
 /// What a batch's apply function sees while it retries.
