@@ -29,3 +29,18 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
   }
 fi
+
+# ONNX Runtime for jobs that score models with it (ml-ops): the shared library of the PyPI
+# onnxruntime wheel, in .onnxruntime/ (ignored by git). tenantflow loads it at run time.
+ORT_VERSION=1.31.1
+ORT_LIB=".onnxruntime/libonnxruntime.so.${ORT_VERSION}"
+if [ ! -f "$ORT_LIB" ]; then
+  tmp=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 "onnxruntime==${ORT_VERSION}" -d "$tmp"
+  python3 -m zipfile -e "$tmp"/onnxruntime-*.whl "$tmp/wheel"
+  mkdir -p .onnxruntime
+  cp "$tmp/wheel/onnxruntime/capi/libonnxruntime.so.${ORT_VERSION}" "$ORT_LIB.part"
+  mv "$ORT_LIB.part" "$ORT_LIB"
+  rm -rf "$tmp"
+fi

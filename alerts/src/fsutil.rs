@@ -1,31 +1,12 @@
-//! Atomic file writes: a temporary file, fsync, rename, fsync of the directory.
+//! JSON state files, written atomically.
 
 use std::fs;
-use std::io::Write;
 use std::path::Path;
 
 use crate::AlertError;
 
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AlertError> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        // The rename is durable only once the directory is.
-        if let Ok(d) = fs::File::open(dir) {
-            d.sync_all()?;
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        AlertError::io(path, e)
-    })
+    tenantflow_core::fsutil::write_atomic(path, &[data]).map_err(|e| AlertError::io(path, e))
 }
 
 /// Reads a JSON file; `Ok(None)` when it does not exist.

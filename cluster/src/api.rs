@@ -215,6 +215,7 @@ pub fn serve(api: Api, addr: &str) -> anyhow::Result<()> {
 }
 
 fn router(api: Shared) -> Router {
+    let models = crate::models::router(Arc::new(tenantflow_ml::Registry::open(api.data_dir.join("models"))));
     Router::new()
         .route("/api/v1/jobs", post(submit).get(list))
         .route("/api/v1/jobs/{id}", get(describe).delete(cancel))
@@ -224,8 +225,9 @@ fn router(api: Shared) -> Router {
         .route("/api/v1/cluster/stop", post(stop))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .with_state(api)
+        .merge(models)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
@@ -242,7 +244,15 @@ struct SubmitQuery {
 
 async fn submit(State(api): State<Shared>, Query(q): Query<SubmitQuery>, body: String) -> Response {
     let file = q.file.unwrap_or_else(|| "job.toml".into());
-    let plan = match tenantflow_core::plan::load(&file, &body, &[]) {
+    let models = tenantflow_engine::scoring::ModelConfig { registry: Some(api.data_dir.join("models")), onnxruntime: None };
+    let checked = tenantflow_core::plan::load(&file, &body, &[]).and_then(|p| {
+        // Score steps: the models must be in the cluster's registry and fit the job.
+        match tenantflow_engine::scoring::resolve(&p, &models, &Default::default()) {
+            Ok(_) => Ok(p),
+            Err(errors) => Err(tenantflow_core::JobErrors(errors)),
+        }
+    });
+    let plan = match checked {
         Ok(p) => p,
         Err(errors) => {
             let problems: Vec<_> = errors

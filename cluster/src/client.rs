@@ -30,7 +30,7 @@ impl Client {
 
     /// Calls the API; `query` pairs are percent-encoded by ureq.
     /// `body` is (content type, text).
-    fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<(&str, String)>) -> anyhow::Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, query: &[(&str, String)], body: Option<(&str, String)>) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let pairs = query.iter().map(|(k, v)| (*k, v.as_str()));
         let response = match (method, body) {

@@ -5,6 +5,7 @@
 mod api;
 mod client;
 mod metrics;
+mod models;
 mod supervisor;
 
 use std::path::PathBuf;
@@ -65,6 +66,27 @@ struct RunArgs {
     /// Time between checkpoints (overrides `[checkpoint] interval`), e.g. 5s.
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     checkpoint_interval: Option<std::time::Duration>,
+    #[command(flatten)]
+    models: ModelArgs,
+}
+
+/// Where score steps find their models.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// The model registry directory (default: `models` beside the job file).
+    #[arg(long, value_name = "DIR", env = "TENANTFLOW_MODELS")]
+    models: Option<PathBuf>,
+    /// The ONNX Runtime library (default: $TENANTFLOW_ONNXRUNTIME, else .onnxruntime/ in this
+    /// directory or a parent, where scripts/setup.sh puts it).
+    #[arg(long, value_name = "PATH")]
+    onnxruntime: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn config(&self, job: &std::path::Path) -> tenantflow_engine::scoring::ModelConfig {
+        let beside = job.parent().map(|d| d.join("models")).filter(|d| d.is_dir());
+        tenantflow_engine::scoring::ModelConfig { registry: self.models.clone().or(beside), onnxruntime: self.onnxruntime.clone() }
+    }
 }
 
 /// Where the cluster's API is.
@@ -182,6 +204,10 @@ enum Command {
     /// Silences on a running cluster: mute alerts matching labels for a while.
     #[command(subcommand)]
     Silence(SilenceCommand),
+    /// The model registry, on a running cluster or a directory: upload, list, describe,
+    /// promote, rollback, shadow.
+    #[command(subcommand)]
+    Model(models::ModelCommand),
     /// One process of a cluster (started by `cluster start`, or by hand on each host of a
     /// hostfile); process 0 serves the API.
     Worker {
@@ -221,6 +247,8 @@ enum Command {
         /// Override a job setting, as for `run`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        #[command(flatten)]
+        models: ModelArgs,
     },
     /// Run the quickstart job on generated music-streaming events and print window results.
     Demo {
@@ -291,6 +319,7 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
         Command::Silence(SilenceCommand::Expire { id, api }) => {
             client::Client::new(&api.api).silence_expire(&id, api.output).map(|()| ExitCode::SUCCESS)
         }
+        Command::Model(cmd) => models::execute(cmd).map(|()| ExitCode::SUCCESS),
         Command::Job(JobCommand::List { api }) => client::Client::new(&api.api).list(api.output).map(|()| ExitCode::SUCCESS),
         Command::Job(JobCommand::Describe { id, api }) => {
             client::Client::new(&api.api).describe(&id, api.output).map(|()| ExitCode::SUCCESS)
@@ -334,19 +363,27 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
                     supervised: std::env::var_os("TENANTFLOW_SUPERVISED").is_some(),
                     peers: metrics_addrs.iter().skip(1).cloned().collect(),
                 };
-                api::serve(api::Api::open(control, data_dir, info)?, &api)?;
+                api::serve(api::Api::open(control, data_dir.clone(), info)?, &api)?;
                 Some(rx)
             } else {
                 None
             };
-            let cfg = tenantflow_engine::host::HostConfig { workers, processes, process, hostfile };
+            let models = tenantflow_engine::scoring::ModelConfig { registry: Some(data_dir.join("models")), onnxruntime: None };
+            let cfg = tenantflow_engine::host::HostConfig { workers, processes, process, hostfile, models };
             tenantflow_engine::host::serve(cfg, registry, commands)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Validate { job, set } => {
+        Command::Validate { job, set, models } => {
             let name = job.display().to_string();
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {name}"))?;
-            match plan::load(&name, &text, &set) {
+            let checked = plan::load(&name, &text, &set).and_then(|p| {
+                // Score steps: the models must exist and fit.
+                match tenantflow_engine::scoring::resolve(&p, &models.config(&job), &Default::default()) {
+                    Ok(_) => Ok(p),
+                    Err(errors) => Err(tenantflow_core::JobErrors(errors)),
+                }
+            });
+            match checked {
                 Ok(p) => {
                     let fields: Vec<String> = p.output.fields().iter().map(|(n, t)| format!("{n} {t}")).collect();
                     println!("{name}: ok (job `{}`; output: {})", p.spec.name, fields.join(", "));
@@ -361,9 +398,9 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
         Command::Run { job, args } => {
             let name = job.display().to_string();
             let text = std::fs::read_to_string(&job).with_context(|| format!("cannot read {name}"))?;
-            run_text(&name, &text, &args)
+            run_text(&name, &text, &args, args.models.config(&job))
         }
-        Command::Demo { args } => run_text("jobs/quickstart.toml", QUICKSTART, &args),
+        Command::Demo { args } => run_text("jobs/quickstart.toml", QUICKSTART, &args, Default::default()),
         Command::DevKafka { topics, brokers, partitions, bootstrap_file } => {
             let cluster = DevCluster::start(brokers, &topics, partitions)?;
             let bootstrap = cluster.bootstrap_servers();
@@ -383,7 +420,7 @@ fn execute(command: Command, log_format: LogFormat) -> anyhow::Result<ExitCode> 
     }
 }
 
-fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> {
+fn run_text(name: &str, text: &str, args: &RunArgs, models: tenantflow_engine::scoring::ModelConfig) -> anyhow::Result<ExitCode> {
     let plan = match plan::load(name, text, &args.set) {
         Ok(p) => p,
         Err(errors) => {
@@ -413,6 +450,7 @@ fn run_text(name: &str, text: &str, args: &RunArgs) -> anyhow::Result<ExitCode> 
         progress: !args.quiet,
         restore,
         checkpoint_interval: args.checkpoint_interval,
+        models,
     };
     let report = run(plan, &cfg)?;
     if let Some(epoch) = report.savepoint {
@@ -443,6 +481,23 @@ fn summary(r: &RunReport, dead_path: &str) {
         eprintln!(
             "patterns: {} matches, {} timeouts, {} partial matches dropped at the per-key cap",
             r.pattern_matches, r.pattern_timeouts, r.partial_matches_dropped
+        );
+    }
+    for m in &r.models {
+        eprintln!(
+            "model {} v{} ({}): {} rows scored in {} batches, {} features defaulted, {} rows skipped, {} failed{}",
+            m.model,
+            m.version,
+            m.runtime,
+            m.rows,
+            m.batches,
+            m.defaulted,
+            m.skipped,
+            m.errors,
+            match m.shadow_version {
+                Some(v) => format!("; shadow v{v}: {} of {} rows disagree", m.shadow_disagreements, m.shadow_rows),
+                None => String::new(),
+            }
         );
     }
     // The busiest tenants first; the rest summed, so a job with many tenants stays readable.

@@ -311,7 +311,50 @@ pub enum Step {
     Select(Vec<Located<String>>),
     Window(WindowSpec),
     Pattern(Box<PatternSpec>),
+    Score(Box<ScoreSpec>),
 }
+
+/// A `score` step: runs a model from the registry on each row (docs/ml.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreSpec {
+    /// Model name in the registry.
+    pub model: Located<String>,
+    /// A pinned version; without one the job follows the live version.
+    pub version: Option<u32>,
+    /// One expression per model input column; empty: the model's own feature mapping.
+    pub features: Vec<Located<String>>,
+    /// Prefix of the output fields `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`.
+    pub prefix: String,
+    pub runtime: ScoreRuntime,
+    /// Rows per model call.
+    pub batch_size: usize,
+    /// ONNX Runtime's intra-op threads per worker.
+    pub threads: usize,
+    pub on_missing: OnMissing,
+    /// The value a missing feature takes with `on_missing = "default"`.
+    pub default: f64,
+    /// Also score with the registry's shadow candidate and count disagreements.
+    pub shadow: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoreRuntime {
+    Auto,
+    Native,
+    Onnx,
+}
+
+/// What a score step does with a row whose feature is NULL, not a number, NaN or infinite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnMissing {
+    /// The feature takes the step's `default` (counted).
+    Default,
+    /// The row is not scored: its output fields are NULL (counted).
+    Skip,
+}
+
+/// Rows per model call unless `batch_size` says otherwise.
+pub const DEFAULT_SCORE_BATCH: usize = 256;
 
 /// A `pattern` step: complex event processing per tenant and key (docs/cep.md). The pattern
 /// text and the maps are checked against the schema by `plan`.
@@ -1116,7 +1159,7 @@ fn read_time(cx: &mut Cx, root: &T) -> Option<TimeSpec> {
 }
 
 fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
-    let verbs = ["filter", "derive", "select", "window", "pattern"];
+    let verbs = ["filter", "derive", "select", "window", "pattern", "score"];
     let present: Vec<&str> = verbs.iter().copied().filter(|v| t.get(v).is_some()).collect();
     match present.as_slice() {
         ["filter"] => {
@@ -1176,6 +1219,7 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
             Some(Step::Window(WindowSpec { kind, key_by, aggregates, key: t.key("window"), span: w.span.clone() }))
         }
         ["pattern"] => read_pattern(cx, t).map(|p| Step::Pattern(Box::new(p))),
+        ["score"] => read_score(cx, t).map(|s| Step::Score(Box::new(s))),
         [] => {
             cx.err(&t.span, &t.path, format!("a step needs one of: {}", verbs.join(", ")));
             None
@@ -1217,6 +1261,38 @@ fn read_pattern(cx: &mut Cx, t: &T) -> Option<PatternSpec> {
         key: t.key("pattern"),
         span: pattern.span.clone(),
         pattern,
+    })
+}
+
+fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
+    t.check_keys(cx, &["score", "version", "features", "as", "runtime", "batch_size", "threads", "on_missing", "default", "shadow"]);
+    let model = t.required_string(cx, "score", "the name of a model in the registry, e.g. \"churn-risk\"")?;
+    let runtime = t.choice(
+        cx,
+        "runtime",
+        &[("auto", ScoreRuntime::Auto), ("native", ScoreRuntime::Native), ("onnx", ScoreRuntime::Onnx)],
+        Some(ScoreRuntime::Auto),
+    )?;
+    let on_missing = t.choice(cx, "on_missing", &[("default", OnMissing::Default), ("skip", OnMissing::Skip)], Some(OnMissing::Default))?;
+    let prefix = match t.string(cx, "as") {
+        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
+        Some(p) => {
+            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
+            return None;
+        }
+        None => model.value.replace('-', "_"),
+    };
+    Some(ScoreSpec {
+        version: t.int(cx, "version", 1).map(|v| v.min(u32::MAX as i64) as u32),
+        features: if t.get("features").is_some() { t.string_list(cx, "features").unwrap_or_default() } else { Vec::new() },
+        prefix,
+        runtime,
+        batch_size: t.int(cx, "batch_size", 1).map_or(DEFAULT_SCORE_BATCH, |n| n.min(1 << 20) as usize),
+        threads: t.int(cx, "threads", 1).map_or(1, |n| n.min(256) as usize),
+        on_missing,
+        default: t.float(cx, "default", f64::MIN, f64::MAX).unwrap_or(0.0),
+        shadow: t.boolean(cx, "shadow").unwrap_or(true),
+        model,
     })
 }
 

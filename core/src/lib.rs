@@ -6,6 +6,7 @@
 
 pub mod alerting;
 pub mod expr;
+pub mod fsutil;
 pub mod job;
 pub mod pattern;
 pub mod plan;

@@ -50,6 +50,64 @@ pub enum PlannedKind {
     Filter(String),
     /// (row position, expression)
     Derive(Vec<(usize, String)>),
+    /// Runs a model (the engine resolves it in the model registry).
+    Score(Box<ScorePlan>),
+}
+
+/// A score step: the model, its features and where its outputs go in the row.
+#[derive(Debug, Clone)]
+pub struct ScorePlan {
+    pub spec: job::ScoreSpec,
+    /// Row positions of `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`.
+    pub label_pos: usize,
+    pub class_pos: usize,
+    pub probability_pos: usize,
+    pub score_pos: usize,
+    /// Where the step is in the job file, for errors found when the model is resolved (the
+    /// message is filled in then).
+    pub origin: JobError,
+}
+
+impl ScorePlan {
+    pub fn error(&self, message: impl Into<String>) -> JobError {
+        JobError { message: message.into(), ..self.origin.clone() }
+    }
+}
+
+/// The fields a score step adds, in order, for a prefix.
+pub fn score_fields(prefix: &str) -> [(String, DataType); 4] {
+    [
+        (format!("{prefix}_label"), DataType::Int),
+        (format!("{prefix}_class"), DataType::String),
+        (format!("{prefix}_probability"), DataType::Float),
+        (format!("{prefix}_score"), DataType::Float),
+    ]
+}
+
+/// Checks a feature expression: it must compile against `schema` and give a number.
+pub fn check_feature(text: &str, schema: &Schema) -> Result<CompiledExpr, ExprError> {
+    let c = expr::compile(text, schema)?;
+    match c.ty {
+        DataType::Int | DataType::Float | DataType::Bool | DataType::Null => Ok(c),
+        t => Err(ExprError {
+            line: 1,
+            column: 1,
+            message: format!("type error: a feature must be a number (int, float or bool), found {t}"),
+        }),
+    }
+}
+
+impl PlannedStep {
+    /// Compiles a filter or derive step (`None` for a score step, which the engine runs).
+    pub fn compile(&self) -> Option<CompiledStep> {
+        match &self.kind {
+            PlannedKind::Filter(text) => expr::compile(text, &self.schema).ok().map(CompiledStep::Filter),
+            PlannedKind::Derive(fields) => Some(CompiledStep::Derive(
+                fields.iter().filter_map(|(pos, text)| expr::compile(text, &self.schema).ok().map(|e| (*pos, e))).collect(),
+            )),
+            PlannedKind::Score(_) => None,
+        }
+    }
 }
 
 /// A compiled stateless step.
@@ -123,15 +181,7 @@ impl AggPlan {
 
 impl Plan {
     pub fn compile_steps(steps: &[PlannedStep]) -> Vec<CompiledStep> {
-        steps
-            .iter()
-            .filter_map(|s| match &s.kind {
-                PlannedKind::Filter(text) => expr::compile(text, &s.schema).ok().map(CompiledStep::Filter),
-                PlannedKind::Derive(fields) => Some(CompiledStep::Derive(
-                    fields.iter().filter_map(|(pos, text)| expr::compile(text, &s.schema).ok().map(|e| (*pos, e))).collect(),
-                )),
-            })
-            .collect()
+        steps.iter().filter_map(|s| s.compile()).collect()
     }
 
     /// The key fields of the window or pattern step (not the tenant).
@@ -274,6 +324,22 @@ impl V<'_> {
                         }
                     }
                     *schema = narrowed;
+                }
+                Step::Score(spec) => {
+                    let before = schema.clone();
+                    for f in &spec.features {
+                        if let Err(e) = check_feature(&f.value, &before) {
+                            self.expr_err(f, e);
+                        }
+                    }
+                    let [label_pos, class_pos, probability_pos, score_pos] = score_fields(&spec.prefix).map(|(name, ty)| {
+                        schema.push_at(name, ty, *width);
+                        *width += 1;
+                        *width - 1
+                    });
+                    let origin = job::value_error(self.file, self.text, &spec.model, 1, 1, String::new());
+                    let plan = ScorePlan { spec: (**spec).clone(), label_pos, class_pos, probability_pos, score_pos, origin };
+                    out.push(PlannedStep { schema: before, kind: PlannedKind::Score(Box::new(plan)) });
                 }
                 Step::Window(_) | Step::Pattern(_) => {}
             }

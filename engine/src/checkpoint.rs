@@ -7,8 +7,7 @@
 //! previous complete checkpoint. With a key in `TENANTFLOW_CHECKPOINT_KEY` parts are encrypted
 //! with AES-256-GCM (random 96-bit nonce per part).
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -90,6 +89,10 @@ pub struct Manifest {
     /// Part file names in the checkpoint directory.
     pub parts: Vec<String>,
     pub created_unix_ms: i64,
+    /// The model versions each score step (by its key in the job file) uses after this
+    /// checkpoint: a restore scores with them, so replayed rows get the same predictions.
+    #[serde(default)]
+    pub models: std::collections::BTreeMap<String, crate::scoring::Versions>,
 }
 
 /// A checkpoint directory ready to restore from.
@@ -109,33 +112,9 @@ pub fn epoch_dir(root: &Path, epoch: u64) -> PathBuf {
     root.join(format!("epoch-{epoch:06}"))
 }
 
-fn sync_dir(dir: &Path) {
-    // Makes the rename durable; not supported everywhere, and a failure only weakens durability.
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_from(path, &[bytes])
-}
-
-/// [`write_atomic`] of the concatenation of `pieces` (spares copying a large payload behind a
-/// header).
-fn write_atomic_from(path: &Path, pieces: &[&[u8]]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    for piece in pieces {
-        f.write_all(piece)?;
-    }
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    sync_dir(dir);
-    Ok(())
+    tenantflow_core::fsutil::write_atomic(path, &[bytes])
 }
 
 /// Writes one operator's state into checkpoint `epoch` (encrypted when `crypto` is given).
@@ -153,7 +132,7 @@ pub fn write_part(root: &Path, epoch: u64, name: &str, payload: &[u8], crypto: O
     header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     header.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     header.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    write_atomic_from(&epoch_dir(root, epoch).join(name), &[&header, payload])
+    tenantflow_core::fsutil::write_atomic(&epoch_dir(root, epoch).join(name), &[&header, payload])
 }
 
 /// Operator state as part files hold it: bincode with variable-length integers.
@@ -403,6 +382,7 @@ mod tests {
                 workers: 1,
                 finished_sources: vec![],
                 parts: vec!["p0".into()],
+                models: Default::default(),
                 created_unix_ms: 0,
             };
             commit(&root, &m, 2).expect("commit");

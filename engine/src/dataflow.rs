@@ -28,13 +28,14 @@ use tenantflow_connectors::kafka::KafkaSink;
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
 use tenantflow_connectors::{DeadLetterSink, DeadLetterWriter, Sink, Source};
 use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec};
-use tenantflow_core::plan::{CompiledStep, Plan};
+use tenantflow_core::plan::Plan;
 use tenantflow_core::{time, Value};
 use tenantflow_operators::cep::Cep;
 use tenantflow_operators::{Aggregates, WindowStore};
 
 use crate::checkpoint::{self, Crypto, PartWriter, Restore};
 use crate::ingest::{Ingest, Status};
+use crate::scoring::Steps;
 use crate::stats::{self, Shared, TenantCounts};
 use crate::{Envelope, Msg};
 
@@ -184,6 +185,7 @@ fn ingest<'s>(
                             uncommitted.states.push_back((epoch, s));
                             let barriers = (0..peers).map(|to| (me, Msg::Barrier { epoch, to, finished: Vec::new(), stop: proposal }));
                             output.session(&*c).give_iterator(barriers);
+                            ingest.at_barrier(epoch);
                         }
                         Some(Err(e)) => shared.error(format!("checkpoint {epoch}: writing ingest-{me}: {e}")),
                         None => shared.error("checkpoint: the source cannot be replayed".into()),
@@ -400,7 +402,8 @@ fn window<'s>(
         let lateness = if plan.spec.time.late_policy == LatePolicy::Update { plan.spec.time.allowed_lateness } else { 0 };
         let mut store = w.as_ref().map(|w| WindowStore::new(w.kind, lateness));
         let aggs = w.as_ref().map(|w| Aggregates::compile(&w.aggs, &plan.pre_schema));
-        let post: Vec<CompiledStep> = Plan::compile_steps(&plan.post);
+        let mut post = post_steps(&plan, &shared);
+        let mut fired_rows: Vec<(i64, Vec<Value>)> = Vec::new();
         let out_pos: Vec<usize> = plan.output.positions().to_vec();
         let out_width = plan.out_width;
         let mut caps: BTreeMap<i64, Capability<u64>> = BTreeMap::new();
@@ -430,6 +433,7 @@ fn window<'s>(
             });
             drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
                 if let Some((epoch, finished)) = barrier {
+                    post.at_barrier(epoch);
                     if let Some(ck) = ckpt.as_ref() {
                         match store.as_ref() {
                             Some(s) => write_keyed_part(ck, epoch, me, &mut last_part_len, &s.snapshot_ref(), &shared),
@@ -465,10 +469,10 @@ fn window<'s>(
             store.fire(upto, |at, f| {
                 let _ = emit_delay.record(now.saturating_sub(f.end).max(1) as u64);
                 // `insert` (or a restore) made a capability for every time `fire` can emit at.
-                let Some(cap) = caps.get(&at) else {
+                if !caps.contains_key(&at) {
                     debug_assert!(false, "no capability for window output at {at}");
                     return;
-                };
+                }
                 let mut row: Vec<Value> = Vec::with_capacity(out_width);
                 row.extend(f.key.iter().cloned());
                 row.push(Value::Ts(f.start));
@@ -476,9 +480,14 @@ fn window<'s>(
                 aggs.finish(f.accs, &mut row);
                 row.resize(out_width, Value::Null);
                 fired += 1;
-                if post.iter().all(|s| s.apply(&mut row)) {
-                    let projected = out_pos.iter().map(|&p| std::mem::take(&mut row[p])).collect();
-                    output.session(cap).give((me, Msg::Row(projected)));
+                fired_rows.push((at, row));
+            });
+            if ckpt.is_none() {
+                post.poll();
+            }
+            run_post(&mut post, &mut fired_rows, &out_pos, |at, row| {
+                if let Some(cap) = caps.get(&at) {
+                    output.session(cap).give((me, Msg::Row(row)));
                 }
             });
             shared.windows_fired.fetch_add(fired, Relaxed);
@@ -487,6 +496,32 @@ fn window<'s>(
             caps.retain(|&at, _| at > upto);
         }
     })
+}
+
+/// The steps after the window or pattern, with the job's models.
+fn post_steps(plan: &Plan, shared: &Shared) -> Steps {
+    Steps::new(&plan.post, &shared.models).unwrap_or_else(|e| {
+        shared.error(e);
+        Steps::default()
+    })
+}
+
+/// Runs the steps after the window or pattern over the rows one activation produced (together,
+/// so a score step sees them as batches), then hands each surviving row, projected to the
+/// output fields, to `emit` with the time it was produced at.
+fn run_post(post: &mut Steps, rows: &mut Vec<(i64, Vec<Value>)>, out_pos: &[usize], mut emit: impl FnMut(i64, Vec<Value>)) {
+    if rows.is_empty() {
+        return;
+    }
+    let mut keep = vec![true; rows.len()];
+    let mut refs: Vec<&mut [Value]> = rows.iter_mut().map(|(_, r)| r.as_mut_slice()).collect();
+    post.run(&mut refs, &mut keep, |_| {});
+    drop(refs);
+    for ((at, mut row), k) in rows.drain(..).zip(keep) {
+        if k {
+            emit(at, out_pos.iter().map(|&p| std::mem::take(&mut row[p])).collect());
+        }
+    }
 }
 
 /// Writes the keyed stage's part of checkpoint `epoch` (`window-<worker>`, windows or pattern
@@ -516,7 +551,8 @@ fn pattern<'s>(
     input.unary_frontier::<Out, _, _, _>(Exchange::new(route), "Pattern", move |initial, _info| {
         let Some(pp) = plan.pattern.as_ref() else { unreachable!("pattern operator without a pattern") };
         let mut cep = Cep::new(pp, plan.tenant_pos);
-        let post: Vec<CompiledStep> = Plan::compile_steps(&plan.post);
+        let mut post = post_steps(&plan, &shared);
+        let mut matched: Vec<(i64, Vec<Value>)> = Vec::new();
         let out_pos: Vec<usize> = plan.output.positions().to_vec();
         let out_width = plan.out_width;
         // One capability, at or before every time the store may still emit at.
@@ -541,6 +577,7 @@ fn pattern<'s>(
             });
             drive(&mut aligner, &mut queue, |cap, _from, msg, barrier| {
                 if let Some((epoch, finished)) = barrier {
+                    post.at_barrier(epoch);
                     if let Some(ck) = ckpt.as_ref() {
                         write_keyed_part(ck, epoch, me, &mut last_part_len, &cep.snapshot_ref(), &shared);
                     }
@@ -567,11 +604,14 @@ fn pattern<'s>(
             if let (true, Some(cap)) = (due, held.as_ref()) {
                 cep.advance(upto, &mut |at, mut row| {
                     row.resize(out_width, Value::Null);
-                    if post.iter().all(|s| s.apply(&mut row)) {
-                        let projected = out_pos.iter().map(|&p| std::mem::take(&mut row[p])).collect();
-                        let at = to_time(at).max(*cap.time());
-                        output.session(&cap.delayed(&at)).give((me, Msg::Row(projected)));
-                    }
+                    matched.push((at, row));
+                });
+                if ckpt.is_none() {
+                    post.poll();
+                }
+                run_post(&mut post, &mut matched, &out_pos, |at, row| {
+                    let at = to_time(at).max(*cap.time());
+                    output.session(&cap.delayed(&at)).give((me, Msg::Row(row)));
                 });
             }
             let c = cep.counts;
@@ -929,6 +969,12 @@ impl SinkState {
             finished_sources: finished,
             parts,
             created_unix_ms: time::now_micros() / 1000,
+            models: self
+                .shared
+                .models
+                .iter()
+                .map(|m| (m.key().to_string(), m.take_decision(epoch).unwrap_or_else(|| m.current())))
+                .collect(),
         };
         self.to_commit.push_back(manifest);
         Ok(())

@@ -158,6 +158,8 @@ pub struct HostConfig {
     pub processes: usize,
     pub process: usize,
     pub hostfile: Option<std::path::PathBuf>,
+    /// The cluster's model registry.
+    pub models: crate::scoring::ModelConfig,
 }
 
 /// A job dataflow on one worker.
@@ -176,6 +178,7 @@ pub fn serve(cfg: HostConfig, registry: Arc<Registry>, commands: Option<mpsc::Re
         processes: cfg.processes,
         process: cfg.process,
         hostfile: cfg.hostfile.clone(),
+        models: cfg.models.clone(),
         ..Default::default()
     };
     let config = timely_config(&run_cfg)?;

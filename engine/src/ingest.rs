@@ -12,11 +12,12 @@ use tenantflow_connectors::sink::row_to_json;
 use tenantflow_connectors::source::Empty;
 use tenantflow_connectors::{Batch, DeadLetter, Poll, Source};
 use tenantflow_core::job::LatePolicy;
-use tenantflow_core::plan::{CompiledStep, Plan};
+use tenantflow_core::plan::Plan;
 use tenantflow_core::{time, Value};
 use tenantflow_operators::window::hash_key;
 use tenantflow_operators::{Aggregates, PreAggregator};
 
+use crate::scoring::Steps;
 use crate::stats::{Shared, TenantCounts, IDLE};
 use crate::Msg;
 
@@ -53,7 +54,13 @@ pub struct Ingest {
     batch: Batch,
     batch_size: usize,
     plan: Arc<Plan>,
-    steps: Vec<CompiledStep>,
+    steps: Steps,
+    /// A job without checkpoints: its scorers look for new model versions on their own.
+    ckpt_free: bool,
+    /// Scratch for chunks that go through a score step: each admitted row's time and watermark,
+    /// and whether it passed the steps.
+    admitted: Vec<(i64, i64)>,
+    keep: Vec<bool>,
     window: Option<WindowPart>,
     /// Pattern jobs: the tenant's and key fields' row positions, which route each event.
     pattern_keys: Option<Vec<usize>>,
@@ -77,18 +84,26 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(plan: Arc<Plan>, source: Box<dyn Source>, shared: Arc<Shared>, local: usize) -> Ingest {
-        let steps = Plan::compile_steps(&plan.pre);
+        // The models loaded when the job started: a worker fails to load one only if the
+        // machine changed under it (then it reads nothing and the job reports why).
+        let (steps, failed) = match Steps::new(&plan.pre, &shared.models) {
+            Ok(s) => (s, None),
+            Err(e) => (Steps::default(), Some(e)),
+        };
         let window = plan.window.as_ref().map(|w| WindowPart {
             pre: PreAggregator::new(w.kind),
             aggs: Aggregates::compile(&w.aggs, &plan.pre_schema),
             key_pos: std::iter::once(plan.tenant_pos).chain(w.key_pos.iter().copied()).collect(),
         });
-        Ingest {
+        let mut ingest = Ingest {
             batch: Batch::new(plan.row_width),
             batch_size: plan.spec.runtime.batch_size,
             out_pos: plan.output.positions().to_vec(),
             input_names: plan.input.names().iter().map(|s| s.to_string()).collect(),
             steps,
+            ckpt_free: plan.spec.checkpoint.is_none(),
+            admitted: Vec::new(),
+            keep: Vec::new(),
             window,
             pattern_keys: plan.pattern.as_ref().map(|p| std::iter::once(plan.tenant_pos).chain(p.key_pos.iter().copied()).collect()),
             source,
@@ -102,7 +117,17 @@ impl Ingest {
             idle_since: None,
             finished: false,
             plan,
+        };
+        if let Some(e) = failed {
+            ingest.shared.error(e);
+            ingest.finish_source();
         }
+        ingest
+    }
+
+    /// At checkpoint barrier `epoch`: score steps take the model versions of the next epoch.
+    pub fn at_barrier(&mut self, epoch: u64) {
+        self.steps.at_barrier(epoch);
     }
 
     /// This operator's state for a checkpoint: the source position and the watermark. (The
@@ -222,6 +247,10 @@ impl Ingest {
     /// Reads up to `max` records and runs them through the stateless steps into the
     /// pre-aggregator (or out, without a window). Returns the source's status and the number of
     /// records consumed (rows and dead letters).
+    ///
+    /// Rows go one at a time through the checks, the steps and on, unless a step scores with a
+    /// model: then the chunk's rows are checked first, go through the steps together (the model
+    /// sees whole batches), then on.
     fn read_chunk(&mut self, max: usize, now: i64, out: &mut Vec<Msg>) -> (Poll, usize) {
         let status = self.source.poll(&mut self.batch, max);
         if self.batch.bytes > 0 {
@@ -233,95 +262,43 @@ impl Ingest {
             self.tenants.get(&Value::Null).dead_lettered += 1;
             out.push(Msg::Dead(d));
         }
-        let plan = Arc::clone(&self.plan);
-        let event_time = plan.event_time();
-        let tenant_pos = plan.tenant_pos;
-        let time_pos = plan.time_pos.unwrap_or(0);
-        let ooo = plan.spec.time.max_out_of_orderness;
-        let lateness = plan.spec.time.allowed_lateness;
-        let policy = plan.spec.time.late_policy;
+        let tenant_pos = self.plan.tenant_pos;
         let width = self.batch.width.max(1);
         let mut values = std::mem::take(&mut self.batch.values);
         let rows = values.len() / width;
         let mut late_dropped = 0;
-        'rows: for (i, row) in values.chunks_exact_mut(width).enumerate() {
-            if row[tenant_pos].is_null() {
-                let reason = format!("missing tenant field `{}`", plan.spec.schema.tenant.value);
-                let (name, pos) = self.batch.position(i);
-                let at = (name.to_string(), pos);
-                self.dead(out, reason, row, (&at.0, at.1), None);
-                continue;
+        if self.steps.batched() {
+            if self.ckpt_free {
+                self.steps.poll();
             }
-            let ts = if event_time {
-                match row[time_pos].as_i64() {
-                    Some(t) => t,
-                    None => {
-                        let reason = format!("missing event time field `{}`", plan.input.fields()[time_pos].0);
-                        let tenant = row[tenant_pos].clone();
-                        let (name, pos) = self.batch.position(i);
-                        let at = (name.to_string(), pos);
-                        self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
-                        continue;
-                    }
-                }
-            } else {
-                now
-            };
-            if !(time::MIN_EVENT_TIME..=time::MAX_EVENT_TIME).contains(&ts) {
-                let reason = format!("event time {ts} µs is out of range (years 1 to 9999)");
-                let tenant = row[tenant_pos].clone();
-                let (name, pos) = self.batch.position(i);
-                let at = (name.to_string(), pos);
-                self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
-                continue;
-            }
-            // Lateness is judged against the watermark before this event, which is
-            // deterministic for a given input order.
-            let wm = self.watermark;
-            if ts > self.max_ts {
-                self.max_ts = ts;
-                if event_time && !self.per_partition {
-                    self.watermark = self.watermark.max(ts.saturating_sub(ooo));
+            let mut admitted = std::mem::take(&mut self.admitted);
+            let mut chosen: Vec<&mut [Value]> = Vec::with_capacity(rows);
+            for (i, row) in values.chunks_exact_mut(width).enumerate() {
+                if let Some((ts, wm)) = self.admit(i, row, now, out) {
+                    admitted.push((ts, wm));
+                    chosen.push(row);
                 }
             }
-            for s in &self.steps {
-                if !s.apply(row) {
+            let mut keep = std::mem::take(&mut self.keep);
+            keep.clear();
+            keep.resize(chosen.len(), true);
+            let tenants = &mut self.tenants;
+            self.steps.run(&mut chosen, &mut keep, |row| tenants.get(&row[tenant_pos]).events_in += 1);
+            for ((row, &(ts, wm)), _) in chosen.iter_mut().zip(&admitted).zip(&keep).filter(|(_, k)| **k) {
+                late_dropped += self.dispatch(row, ts, wm, out);
+            }
+            drop(chosen);
+            admitted.clear();
+            self.admitted = admitted;
+            self.keep = keep;
+        } else {
+            for (i, row) in values.chunks_exact_mut(width).enumerate() {
+                let Some((ts, wm)) = self.admit(i, row, now, out) else { continue };
+                if !self.steps.apply(row) {
                     self.tenants.get(&row[tenant_pos]).events_in += 1;
-                    continue 'rows;
+                    continue;
                 }
-            }
-            match self.window.as_mut() {
-                Some(w) => {
-                    let min_end = if policy == LatePolicy::Update { wm.saturating_sub(lateness) } else { wm };
-                    let added = w.pre.add(&w.aggs, row, &w.key_pos, ts, min_end);
-                    // Only late rows (none added, or `update` adding to fired windows) need the check.
-                    if (added == 0 || policy == LatePolicy::Update) && w.pre.last_end(ts) <= wm {
-                        if added > 0 {
-                            self.shared.late_updates.fetch_add(1, Relaxed);
-                        } else {
-                            // Rows that reach a window are counted per tenant when partials are drained.
-                            self.tenants.get(&row[tenant_pos]).events_in += 1;
-                            late_dropped += self.late(row, tenant_pos, out);
-                        }
-                    }
-                }
-                None => match &self.pattern_keys {
-                    Some(keys) => {
-                        self.tenants.get(&row[tenant_pos]).events_in += 1;
-                        // A pattern takes each key's events in time order once: an event
-                        // behind the watermark would come after events it precedes.
-                        if event_time && ts < wm {
-                            late_dropped += self.late(row, tenant_pos, out);
-                        } else {
-                            let hash = hash_key(keys.iter().map(|&p| &row[p]));
-                            out.push(Msg::Event { hash, time: ts, row: row.to_vec() });
-                        }
-                    }
-                    None => {
-                        self.tenants.get(&row[tenant_pos]).events_in += 1;
-                        out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect()))
-                    }
-                },
+                late_dropped += self.dispatch(row, ts, wm, out);
             }
         }
         values.clear();
@@ -331,12 +308,103 @@ impl Ingest {
         if late_dropped > 0 {
             self.shared.late_dropped.fetch_add(late_dropped, Relaxed);
         }
-        if event_time && self.per_partition {
+        if self.plan.event_time() && self.per_partition {
             if let Some(h) = self.source.watermark_hint() {
-                self.watermark = self.watermark.max(h.saturating_sub(ooo));
+                self.watermark = self.watermark.max(h.saturating_sub(self.plan.spec.time.max_out_of_orderness));
             }
         }
         (status, rows + undecodable)
+    }
+
+    /// Checks a row's tenant and event time (dead letters otherwise) and advances the watermark.
+    /// Returns the row's time and the watermark before it, by which its lateness is judged.
+    #[inline]
+    fn admit(&mut self, i: usize, row: &mut [Value], now: i64, out: &mut Vec<Msg>) -> Option<(i64, i64)> {
+        let (tenant_pos, event_time) = (self.plan.tenant_pos, self.plan.event_time());
+        if row[tenant_pos].is_null() {
+            let reason = format!("missing tenant field `{}`", self.plan.spec.schema.tenant.value);
+            let (name, pos) = self.batch.position(i);
+            let at = (name.to_string(), pos);
+            self.dead(out, reason, row, (&at.0, at.1), None);
+            return None;
+        }
+        let ts = if event_time {
+            let time_pos = self.plan.time_pos.unwrap_or(0);
+            match row[time_pos].as_i64() {
+                Some(t) => t,
+                None => {
+                    let reason = format!("missing event time field `{}`", self.plan.input.fields()[time_pos].0);
+                    let tenant = row[tenant_pos].clone();
+                    let (name, pos) = self.batch.position(i);
+                    let at = (name.to_string(), pos);
+                    self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
+                    return None;
+                }
+            }
+        } else {
+            now
+        };
+        if !(time::MIN_EVENT_TIME..=time::MAX_EVENT_TIME).contains(&ts) {
+            let reason = format!("event time {ts} µs is out of range (years 1 to 9999)");
+            let tenant = row[tenant_pos].clone();
+            let (name, pos) = self.batch.position(i);
+            let at = (name.to_string(), pos);
+            self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
+            return None;
+        }
+        // Lateness is judged against the watermark before this event, which is
+        // deterministic for a given input order.
+        let wm = self.watermark;
+        if ts > self.max_ts {
+            self.max_ts = ts;
+            if event_time && !self.per_partition {
+                self.watermark = self.watermark.max(ts.saturating_sub(self.plan.spec.time.max_out_of_orderness));
+            }
+        }
+        Some((ts, wm))
+    }
+
+    /// Sends a row that passed the steps on: into the pre-aggregator (window jobs), to its key's
+    /// worker (pattern jobs) or out. Returns 1 when the row was late and dropped.
+    #[inline]
+    fn dispatch(&mut self, row: &[Value], ts: i64, wm: i64, out: &mut Vec<Msg>) -> u64 {
+        let tenant_pos = self.plan.tenant_pos;
+        let (policy, lateness) = (self.plan.spec.time.late_policy, self.plan.spec.time.allowed_lateness);
+        match self.window.as_mut() {
+            Some(w) => {
+                let min_end = if policy == LatePolicy::Update { wm.saturating_sub(lateness) } else { wm };
+                let added = w.pre.add(&w.aggs, row, &w.key_pos, ts, min_end);
+                // Only late rows (none added, or `update` adding to fired windows) need the check.
+                if (added == 0 || policy == LatePolicy::Update) && w.pre.last_end(ts) <= wm {
+                    if added > 0 {
+                        self.shared.late_updates.fetch_add(1, Relaxed);
+                    } else {
+                        // Rows that reach a window are counted per tenant when partials are drained.
+                        self.tenants.get(&row[tenant_pos]).events_in += 1;
+                        return self.late(row, tenant_pos, out);
+                    }
+                }
+                0
+            }
+            None => match &self.pattern_keys {
+                Some(keys) => {
+                    self.tenants.get(&row[tenant_pos]).events_in += 1;
+                    // A pattern takes each key's events in time order once: an event
+                    // behind the watermark would come after events it precedes.
+                    if self.plan.event_time() && ts < wm {
+                        return self.late(row, tenant_pos, out);
+                    }
+                    let hash = hash_key(keys.iter().map(|&p| &row[p]));
+                    out.push(Msg::Event { hash, time: ts, row: row.to_vec() });
+                    0
+                }
+                None => {
+                    self.tenants.get(&row[tenant_pos]).events_in += 1;
+                    out.push(Msg::Row(self.out_pos.iter().map(|&p| row[p].clone()).collect()));
+                    0
+                }
+            },
+        }
     }
 
     /// Counts a late row for its tenant and sends it to the late output, or returns 1 when it

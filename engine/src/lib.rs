@@ -12,6 +12,7 @@ pub mod dataflow;
 pub mod host;
 pub mod ingest;
 pub mod run;
+pub mod scoring;
 pub mod stats;
 
 use serde::{Deserialize, Serialize};

@@ -18,6 +18,7 @@ use tenantflow_core::{time, Plan};
 
 use crate::checkpoint::{self, CheckpointError, Crypto};
 use crate::dataflow::{build, fmt_watermark, Checkpointing};
+use crate::scoring::{self, ModelConfig};
 use crate::stats::{RunReport, Shared};
 use timely::dataflow::ProbeHandle;
 
@@ -57,6 +58,8 @@ pub struct RunConfig {
     /// When set (e.g. by SIGTERM), the job takes a savepoint and stops; without checkpoints its
     /// sources end and it drains (every open window fires) like a bounded job.
     pub stop: Option<Arc<AtomicBool>>,
+    /// The model registry and ONNX Runtime, for jobs with score steps.
+    pub models: ModelConfig,
 }
 
 /// Which checkpoint to continue from.
@@ -79,6 +82,7 @@ impl Default for RunConfig {
             restore: None,
             checkpoint_interval: None,
             stop: None,
+            models: ModelConfig::default(),
         }
     }
 }
@@ -255,9 +259,14 @@ impl Prepared {
         }
         let lead = max_lead(&plan);
         let drain = ckpt.is_none();
+        // Score steps: the versions the restored checkpoint recorded, else the registry's.
+        let restored = ckpt.as_ref().and_then(|c| c.restore.as_ref()).map(|r| r.manifest.models.clone()).unwrap_or_default();
+        let mut shared = Shared::new(cfg.workers);
+        shared.models = scoring::resolve(&plan, &cfg.models, &restored)
+            .map_err(|errors| EngineError::Config(errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
         Ok(Prepared {
             plan: Arc::new(plan),
-            shared: Arc::new(Shared::new(cfg.workers)),
+            shared: Arc::new(shared),
             ckpt,
             lead,
             stop: cfg.stop.clone(),

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foldhash::HashMap;
@@ -98,6 +98,8 @@ pub struct Shared {
     pub watermarks: Vec<AtomicI64>,
     tenants: Mutex<BTreeMap<String, TenantStats>>,
     errors: Mutex<Vec<String>>,
+    /// The job's score steps (resolved when it started).
+    pub models: Vec<Arc<crate::scoring::ScoreModel>>,
 }
 
 /// Stop-with-savepoint agreement across processes; see [`Shared::savepoint_target`].
@@ -168,6 +170,7 @@ impl Shared {
             watermarks: (0..local_workers).map(|_| AtomicI64::new(UNSET)).collect(),
             tenants: Mutex::new(BTreeMap::new()),
             errors: Mutex::new(Vec::new()),
+            models: Vec::new(),
         }
     }
 
@@ -258,6 +261,7 @@ impl Shared {
             last_checkpoint_duration_us: self.checkpoint_duration_us.load(Relaxed),
             elapsed,
             tenants: self.tenants.lock().map(|t| t.clone()).unwrap_or_default(),
+            models: self.models.iter().map(|m| m.report()).collect(),
         }
     }
 }
@@ -284,4 +288,6 @@ pub struct RunReport {
     #[serde(skip)]
     pub elapsed: Duration,
     pub tenants: BTreeMap<String, TenantStats>,
+    /// Each score step's model and counters.
+    pub models: Vec<crate::scoring::ModelReport>,
 }

@@ -1,0 +1,633 @@
+//! Score steps: a model from the registry (`tenantflow_ml`) run on rows, in batches.
+//!
+//! When a job starts, each score step's model is resolved in the registry ([`resolve`]): the
+//! version, its ONNX file and feature mapping, checked against the step's schema. Every worker
+//! then loads its own copy ([`Scorer`]: one ONNX Runtime session per worker) and scores the rows
+//! of each chunk in batches of the step's `batch_size`, writing `<as>_label`, `<as>_class`,
+//! `<as>_probability` and `<as>_score`.
+//!
+//! **Versions change at checkpoint boundaries.** At barrier `e` the first worker of the process
+//! to get there reads the registry and decides the versions for the epoch after `e`; the others
+//! take the same decision. The sink writes it in checkpoint `e`'s manifest, and a restore from
+//! `e` starts from it, so a replay scores every row with the version it was scored with before.
+//! Jobs without checkpoints look at the registry every [`POLL_WITHOUT_CHECKPOINTS`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
+use tenantflow_core::expr::CompiledExpr;
+use tenantflow_core::job::{JobError, OnMissing, ScoreRuntime};
+use tenantflow_core::plan::{check_feature, PlannedKind, PlannedStep, ScorePlan};
+use tenantflow_core::{Plan, Schema, Value};
+use tenantflow_ml::registry::ModelMeta;
+use tenantflow_ml::{Model, Predictions, Registry, Runtime, Task};
+
+/// How often a job without checkpoints looks for a newly promoted version.
+pub const POLL_WITHOUT_CHECKPOINTS: Duration = Duration::from_secs(5);
+
+/// Where a job finds its models.
+#[derive(Clone, Debug, Default)]
+pub struct ModelConfig {
+    /// The registry directory.
+    pub registry: Option<PathBuf>,
+    /// The ONNX Runtime library (else `tenantflow_ml::runtime::library_path`'s search).
+    pub onnxruntime: Option<PathBuf>,
+}
+
+/// The versions a score step uses: the live one and the shadow candidate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Versions {
+    pub live: u32,
+    #[serde(default)]
+    pub shadow: Option<u32>,
+}
+
+/// A score step's counters, summed over the process's workers.
+#[derive(Default, Debug)]
+pub struct ScoreStats {
+    /// Rows scored by the live version.
+    pub rows: AtomicU64,
+    pub batches: AtomicU64,
+    /// Features that were missing and took the step's default.
+    pub defaulted: AtomicU64,
+    /// Rows not scored because a feature was missing (`on_missing = "skip"`).
+    pub skipped: AtomicU64,
+    /// Rows whose batch the model failed on (outputs NULL).
+    pub errors: AtomicU64,
+    /// Nanoseconds inside the model.
+    pub model_ns: AtomicU64,
+    pub shadow_rows: AtomicU64,
+    /// Rows where the shadow candidate disagreed: another label, or a score more than 1%
+    /// (relative) away.
+    pub shadow_disagreements: AtomicU64,
+    /// Sum over shadow rows of |live - candidate| probability (or score), in millionths.
+    pub shadow_abs_diff_micros: AtomicU64,
+    /// Version changes the workers made (each worker counts its own).
+    pub swaps: AtomicU64,
+    /// The versions in use (0: none).
+    pub live_version: AtomicU32,
+    pub shadow_version: AtomicU32,
+}
+
+/// A score step's counters, for the run summary, the API and the metrics.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ModelReport {
+    /// The step's key in the job file, e.g. `steps[2]`.
+    pub step: String,
+    pub model: String,
+    pub version: u32,
+    pub shadow_version: Option<u32>,
+    pub runtime: String,
+    pub rows: u64,
+    pub batches: u64,
+    pub defaulted: u64,
+    pub skipped: u64,
+    pub errors: u64,
+    pub model_seconds: f64,
+    pub shadow_rows: u64,
+    pub shadow_disagreements: u64,
+    pub shadow_mean_abs_diff: f64,
+    pub swaps: u64,
+}
+
+/// One score step of a job on this process: the resolved model, the version decisions and the
+/// counters. Shared by the workers.
+pub struct ScoreModel {
+    pub plan: ScorePlan,
+    /// What the features are compiled against.
+    schema: Schema,
+    registry: Registry,
+    library: Option<PathBuf>,
+    pub stats: ScoreStats,
+    switch: Mutex<Switch>,
+    /// Versions read from the registry so far.
+    cache: Mutex<HashMap<u32, Arc<Loaded>>>,
+    /// `native` or `onnx`: which scorer runs the live version.
+    runtime_used: Mutex<String>,
+}
+
+struct Switch {
+    current: Versions,
+    /// Decisions made at barriers, until the checkpoint that records them is committed.
+    by_epoch: BTreeMap<u64, Versions>,
+    polled: Instant,
+}
+
+/// A version's metadata, ONNX bytes and feature expressions.
+pub struct Loaded {
+    pub meta: ModelMeta,
+    bytes: Vec<u8>,
+    features: Vec<String>,
+}
+
+impl ScoreModel {
+    pub fn name(&self) -> &str {
+        &self.plan.spec.model.value
+    }
+
+    pub fn key(&self) -> &str {
+        &self.plan.origin.key
+    }
+
+    fn runtime(&self) -> Runtime {
+        match self.plan.spec.runtime {
+            ScoreRuntime::Auto => Runtime::Auto,
+            ScoreRuntime::Native => Runtime::Native,
+            ScoreRuntime::Onnx => Runtime::Onnx,
+        }
+    }
+
+    /// Reads a version from the registry (once) and checks it fits the step: the feature
+    /// expressions compile and number the model's input columns, and the model loads.
+    fn load(&self, version: u32) -> Result<Arc<Loaded>, String> {
+        if let Some(l) = self.cache.lock().map_err(|_| "poisoned")?.get(&version) {
+            return Ok(Arc::clone(l));
+        }
+        let name = self.name();
+        let meta = self.registry.describe(name, version).map_err(|e| e.to_string())?;
+        let path = self.registry.model_path(name, version);
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let features: Vec<String> = if self.plan.spec.features.is_empty() {
+            meta.features.clone()
+        } else {
+            self.plan.spec.features.iter().map(|f| f.value.clone()).collect()
+        };
+        for f in &features {
+            check_feature(f, &self.schema).map_err(|e| format!("model `{name}` version {version}: feature `{f}`: {}", e.message))?;
+        }
+        let model = Model::load(&bytes, self.runtime(), self.plan.spec.threads, self.library.as_deref())
+            .map_err(|e| format!("model `{name}` version {version}: {e}"))?;
+        if model.features() != features.len() {
+            return Err(format!(
+                "model `{name}` version {version} takes {} features and the step gives {}",
+                model.features(),
+                features.len()
+            ));
+        }
+        if let Ok(mut r) = self.runtime_used.lock() {
+            *r = format!("{:?}", model.runtime()).to_lowercase();
+        }
+        let loaded = Arc::new(Loaded { meta, bytes, features });
+        self.cache.lock().map_err(|_| "poisoned")?.insert(version, Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    /// The versions the registry says now (the pinned version, if the step pins one).
+    fn registry_versions(&self) -> Result<Versions, String> {
+        let name = self.name();
+        let state = self.registry.state(name).map_err(|e| e.to_string())?;
+        let live = match self.plan.spec.version {
+            Some(v) => v,
+            None => self.registry.resolve(name, None).map_err(|e| e.to_string())?.version,
+        };
+        let shadow = state.shadow.filter(|s| self.plan.spec.shadow && *s != live);
+        Ok(Versions { live, shadow })
+    }
+
+    /// The decision for the epoch after barrier `epoch`: made by the first worker to ask.
+    pub fn decide(&self, epoch: u64) -> Versions {
+        let Ok(mut s) = self.switch.lock() else { return self.current() };
+        if let Some(v) = s.by_epoch.get(&epoch) {
+            return *v;
+        }
+        let v = match self.registry_versions() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(model = self.name(), "keeping version {}: {e}", s.current.live);
+                s.current
+            }
+        };
+        s.current = v;
+        s.by_epoch.insert(epoch, v);
+        v
+    }
+
+    /// Jobs without checkpoints: the registry's versions, read at most every
+    /// [`POLL_WITHOUT_CHECKPOINTS`].
+    pub fn poll(&self) -> Versions {
+        let Ok(mut s) = self.switch.lock() else { return self.current() };
+        if s.polled.elapsed() >= POLL_WITHOUT_CHECKPOINTS {
+            s.polled = Instant::now();
+            match self.registry_versions() {
+                Ok(v) => s.current = v,
+                Err(e) => tracing::warn!(model = self.name(), "keeping version {}: {e}", s.current.live),
+            }
+        }
+        s.current
+    }
+
+    pub fn current(&self) -> Versions {
+        self.switch.lock().map(|s| s.current).unwrap_or(Versions { live: self.stats.live_version.load(Relaxed), shadow: None })
+    }
+
+    pub fn report(&self) -> ModelReport {
+        let s = &self.stats;
+        let shadow_rows = s.shadow_rows.load(Relaxed);
+        ModelReport {
+            step: self.key().to_string(),
+            model: self.name().to_string(),
+            version: s.live_version.load(Relaxed),
+            shadow_version: Some(s.shadow_version.load(Relaxed)).filter(|v| *v > 0),
+            runtime: self.runtime_used.lock().map(|r| r.clone()).unwrap_or_default(),
+            rows: s.rows.load(Relaxed),
+            batches: s.batches.load(Relaxed),
+            defaulted: s.defaulted.load(Relaxed),
+            skipped: s.skipped.load(Relaxed),
+            errors: s.errors.load(Relaxed),
+            model_seconds: s.model_ns.load(Relaxed) as f64 / 1e9,
+            shadow_rows,
+            shadow_disagreements: s.shadow_disagreements.load(Relaxed),
+            shadow_mean_abs_diff: if shadow_rows > 0 {
+                s.shadow_abs_diff_micros.load(Relaxed) as f64 / 1e6 / shadow_rows as f64
+            } else {
+                0.0
+            },
+            swaps: s.swaps.load(Relaxed),
+        }
+    }
+
+    /// The decision recorded for checkpoint `epoch`; older decisions are forgotten.
+    pub fn take_decision(&self, epoch: u64) -> Option<Versions> {
+        let mut s = self.switch.lock().ok()?;
+        let v = s.by_epoch.get(&epoch).copied();
+        s.by_epoch.retain(|e, _| *e > epoch);
+        v
+    }
+}
+
+/// The score steps of a job, resolved in the registry. `restored` holds the versions a
+/// checkpoint recorded (by step key); without one the registry's current versions are used.
+pub fn resolve(plan: &Plan, cfg: &ModelConfig, restored: &BTreeMap<String, Versions>) -> Result<Vec<Arc<ScoreModel>>, Vec<JobError>> {
+    let mut models = Vec::new();
+    let mut errors = Vec::new();
+    for step in plan.pre.iter().chain(&plan.post) {
+        let PlannedKind::Score(sp) = &step.kind else { continue };
+        let Some(root) = cfg.registry.as_ref() else {
+            errors.push(sp.error("this job scores with a model: give the model registry (--models DIR, or run it on a cluster)"));
+            continue;
+        };
+        let model = ScoreModel {
+            plan: (**sp).clone(),
+            schema: step.schema.clone(),
+            registry: Registry::open(root),
+            library: cfg.onnxruntime.clone(),
+            stats: ScoreStats::default(),
+            switch: Mutex::new(Switch { current: Versions { live: 0, shadow: None }, by_epoch: BTreeMap::new(), polled: Instant::now() }),
+            cache: Mutex::new(HashMap::new()),
+            runtime_used: Mutex::new(String::new()),
+        };
+        let versions = match restored.get(model.key()) {
+            Some(v) => Ok(*v),
+            None => model.registry_versions(),
+        };
+        let checked = versions.and_then(|v| {
+            model.load(v.live)?;
+            if let Some(s) = v.shadow {
+                model.load(s)?;
+            }
+            Ok(v)
+        });
+        match checked {
+            Ok(v) => {
+                if let Ok(mut s) = model.switch.lock() {
+                    s.current = v;
+                }
+                model.stats.live_version.store(v.live, Relaxed);
+                model.stats.shadow_version.store(v.shadow.unwrap_or(0), Relaxed);
+                models.push(Arc::new(model));
+            }
+            Err(e) => errors.push(sp.error(e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(models)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A model loaded on one worker, with its compiled features.
+struct Running {
+    version: u32,
+    model: Model,
+    features: Vec<CompiledExpr>,
+    class_names: Vec<CompactString>,
+    x: Vec<f32>,
+    out: Predictions,
+}
+
+impl Running {
+    fn new(loaded: &Loaded, version: u32, m: &ScoreModel) -> Result<Running, String> {
+        let model = Model::load(&loaded.bytes, m.runtime(), m.plan.spec.threads, m.library.as_deref()).map_err(|e| e.to_string())?;
+        let features = loaded.features.iter().map(|f| check_feature(f, &m.schema)).collect::<Result<Vec<_>, _>>().map_err(|e| e.message)?;
+        Ok(Running {
+            version,
+            model,
+            features,
+            class_names: loaded.meta.class_names.iter().map(CompactString::from).collect(),
+            x: Vec::new(),
+            out: Predictions::default(),
+        })
+    }
+
+    /// Fills `x` with the features of `rows` (indexes into `all`). Rows with a missing feature
+    /// are skipped (`on_missing = "skip"`, returned false in `ok`) or take the default.
+    fn features(
+        &mut self,
+        all: &[&mut [Value]],
+        rows: &[usize],
+        spec: &tenantflow_core::job::ScoreSpec,
+        stats: &ScoreStats,
+        ok: &mut Vec<bool>,
+    ) {
+        self.x.clear();
+        ok.clear();
+        let default = spec.default as f32;
+        let mut defaulted = 0;
+        for &r in rows {
+            let start = self.x.len();
+            let mut complete = true;
+            for f in &self.features {
+                let v = f.eval(all[r]);
+                let x = match v {
+                    Value::Int(i) => Some(i as f32),
+                    Value::Float(f) => Some(f as f32),
+                    Value::Bool(b) => Some(b as u8 as f32),
+                    _ => None,
+                }
+                .filter(|x| x.is_finite());
+                match (x, spec.on_missing) {
+                    (Some(x), _) => self.x.push(x),
+                    (None, OnMissing::Default) => {
+                        defaulted += 1;
+                        self.x.push(default)
+                    }
+                    (None, OnMissing::Skip) => {
+                        complete = false;
+                        break;
+                    }
+                }
+            }
+            if !complete {
+                self.x.truncate(start);
+            }
+            ok.push(complete);
+        }
+        if defaulted > 0 {
+            stats.defaulted.fetch_add(defaulted, Relaxed);
+        }
+    }
+}
+
+/// One worker's scorer for one score step.
+pub struct Scorer {
+    shared: Arc<ScoreModel>,
+    live: Running,
+    shadow: Option<Running>,
+    /// Row indexes of the current batch, and which of them have all features.
+    batch: Vec<usize>,
+    ok: Vec<bool>,
+    shadow_ok: Vec<bool>,
+}
+
+impl Scorer {
+    pub fn new(shared: Arc<ScoreModel>) -> Result<Scorer, String> {
+        let v = shared.current();
+        let live = Running::new(&*shared.load(v.live)?, v.live, &shared)?;
+        let shadow = match v.shadow {
+            Some(s) => Some(Running::new(&*shared.load(s)?, s, &shared)?),
+            None => None,
+        };
+        Ok(Scorer { shared, live, shadow, batch: Vec::new(), ok: Vec::new(), shadow_ok: Vec::new() })
+    }
+
+    /// At checkpoint barrier `epoch`: switch to the versions decided for the next epoch.
+    pub fn at_barrier(&mut self, epoch: u64) {
+        let v = self.shared.decide(epoch);
+        self.switch(v);
+    }
+
+    /// Without checkpoints: follow the registry.
+    pub fn poll(&mut self) {
+        let v = self.shared.poll();
+        self.switch(v);
+    }
+
+    fn switch(&mut self, v: Versions) {
+        let m = &self.shared;
+        if v.live != self.live.version {
+            match m.load(v.live).and_then(|l| Running::new(&l, v.live, m)) {
+                Ok(r) => {
+                    tracing::info!(model = m.name(), from = self.live.version, to = v.live, "switching model version");
+                    self.live = r;
+                    m.stats.swaps.fetch_add(1, Relaxed);
+                    m.stats.live_version.store(v.live, Relaxed);
+                }
+                Err(e) => tracing::warn!(model = m.name(), "keeping version {}: {e}", self.live.version),
+            }
+        }
+        if v.shadow != self.shadow.as_ref().map(|s| s.version) {
+            self.shadow = match v.shadow.map(|s| m.load(s).and_then(|l| Running::new(&l, s, m))) {
+                Some(Ok(r)) => Some(r),
+                Some(Err(e)) => {
+                    tracing::warn!(model = m.name(), "not shadowing: {e}");
+                    None
+                }
+                None => None,
+            };
+            m.stats.shadow_version.store(self.shadow.as_ref().map_or(0, |s| s.version), Relaxed);
+        }
+    }
+
+    /// Scores the rows of `rows` whose `keep` is true, in batches.
+    pub fn score(&mut self, rows: &mut [&mut [Value]], keep: &[bool]) {
+        let size = self.shared.plan.spec.batch_size.max(1);
+        let mut start = 0;
+        while start < rows.len() {
+            self.batch.clear();
+            let mut i = start;
+            while i < rows.len() && self.batch.len() < size {
+                if keep[i] {
+                    self.batch.push(i);
+                }
+                i += 1;
+            }
+            start = i;
+            if !self.batch.is_empty() {
+                self.score_batch(rows);
+            }
+        }
+    }
+
+    fn score_batch(&mut self, rows: &mut [&mut [Value]]) {
+        let m = &*self.shared;
+        let (spec, stats) = (&m.plan.spec, &m.stats);
+        self.live.features(rows, &self.batch, spec, stats, &mut self.ok);
+        let n = self.ok.iter().filter(|o| **o).count();
+        let skipped = self.batch.len() - n;
+        if skipped > 0 {
+            stats.skipped.fetch_add(skipped as u64, Relaxed);
+        }
+        let started = Instant::now();
+        let result = self.live.model.predict(&self.live.x, n, &mut self.live.out);
+        stats.model_ns.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        stats.batches.fetch_add(1, Relaxed);
+        if let Err(e) = &result {
+            stats.errors.fetch_add(n as u64, Relaxed);
+            tracing::warn!(model = m.name(), version = self.live.version, "scoring a batch of {n} rows failed: {e}");
+        } else {
+            stats.rows.fetch_add(n as u64, Relaxed);
+        }
+        let p = &m.plan;
+        let mut j = 0;
+        for (k, &r) in self.batch.iter().enumerate() {
+            let row = &mut rows[r];
+            if !self.ok[k] || result.is_err() {
+                for pos in [p.label_pos, p.class_pos, p.probability_pos, p.score_pos] {
+                    row[pos] = Value::Null;
+                }
+                continue;
+            }
+            let out = &self.live.out;
+            let label = out.label(j);
+            row[p.label_pos] = label.map_or(Value::Null, Value::Int);
+            row[p.class_pos] = label
+                .and_then(|l| usize::try_from(l).ok())
+                .and_then(|l| self.live.class_names.get(l))
+                .map_or(Value::Null, |c| Value::Str(c.clone()));
+            row[p.probability_pos] = out.probability(j).map_or(Value::Null, |v| Value::Float(v as f64));
+            row[p.score_pos] = out.score(j).map_or(Value::Null, |v| Value::Float(v as f64));
+            j += 1;
+        }
+        if result.is_ok() {
+            self.shadow_batch(rows);
+        }
+    }
+
+    /// Scores the batch with the shadow candidate and compares it with the live outputs
+    /// (already written to the rows).
+    fn shadow_batch(&mut self, rows: &[&mut [Value]]) {
+        let Some(sh) = self.shadow.as_mut() else { return };
+        let m = &*self.shared;
+        sh.features(rows, &self.batch, &m.plan.spec, &m.stats, &mut self.shadow_ok);
+        let n = self.shadow_ok.iter().filter(|o| **o).count();
+        if sh.model.predict(&sh.x, n, &mut sh.out).is_err() {
+            return;
+        }
+        let p = &m.plan;
+        let (mut j, mut compared, mut disagreed, mut diff) = (0, 0u64, 0u64, 0f64);
+        for (k, &r) in self.batch.iter().enumerate() {
+            if !self.shadow_ok[k] {
+                continue;
+            }
+            let row = &rows[r];
+            let (label, value) = match sh.model.task() {
+                Task::Classifier { .. } => (sh.out.label(j), sh.out.probability(j)),
+                Task::Regressor => (None, sh.out.score(j)),
+            };
+            j += 1;
+            let live_value = row[p.probability_pos].as_f64().or_else(|| row[p.score_pos].as_f64());
+            let (Some(lv), Some(sv)) = (live_value, value) else { continue };
+            compared += 1;
+            let d = (lv - sv as f64).abs();
+            diff += d;
+            let other_label = label.is_some() && row[p.label_pos].as_i64() != label;
+            if other_label || (label.is_none() && d > 0.01 * lv.abs().max(1e-9)) {
+                disagreed += 1;
+            }
+        }
+        m.stats.shadow_rows.fetch_add(compared, Relaxed);
+        m.stats.shadow_disagreements.fetch_add(disagreed, Relaxed);
+        m.stats.shadow_abs_diff_micros.fetch_add((diff * 1e6) as u64, Relaxed);
+    }
+}
+
+/// A stateless step on a worker: a compiled filter or derive, or a scorer.
+pub enum Exec {
+    Row(tenantflow_core::plan::CompiledStep),
+    Score(Box<Scorer>),
+}
+
+/// The stateless steps of a job stage (before or after the window), run over a chunk of rows.
+#[derive(Default)]
+pub struct Steps {
+    execs: Vec<Exec>,
+    /// Jobs without checkpoints poll the registry this often (counted in chunks).
+    scorers: bool,
+}
+
+impl Steps {
+    /// Builds the steps of `planned`; score steps find their model in `models` by step key.
+    pub fn new(planned: &[PlannedStep], models: &[Arc<ScoreModel>]) -> Result<Steps, String> {
+        let mut execs = Vec::new();
+        for s in planned {
+            match &s.kind {
+                PlannedKind::Score(sp) => {
+                    let m = models
+                        .iter()
+                        .find(|m| m.key() == sp.origin.key)
+                        .ok_or_else(|| format!("score step {} has no resolved model", sp.origin.key))?;
+                    execs.push(Exec::Score(Box::new(Scorer::new(Arc::clone(m))?)));
+                }
+                _ => execs.extend(s.compile().map(Exec::Row)),
+            }
+        }
+        let scorers = execs.iter().any(|e| matches!(e, Exec::Score(_)));
+        Ok(Steps { execs, scorers })
+    }
+
+    /// Whether some step scores (and so needs whole chunks, not single rows).
+    pub fn batched(&self) -> bool {
+        self.scorers
+    }
+
+    /// Applies the row steps to one row (jobs without score steps); false when filtered out.
+    #[inline]
+    pub fn apply(&self, row: &mut [Value]) -> bool {
+        self.execs.iter().all(|e| match e {
+            Exec::Row(s) => s.apply(row),
+            Exec::Score(_) => true,
+        })
+    }
+
+    /// Runs every step over the rows whose `keep` is true; a filtered row's `keep` turns false
+    /// and `dropped` sees it.
+    pub fn run(&mut self, rows: &mut [&mut [Value]], keep: &mut [bool], mut dropped: impl FnMut(&[Value])) {
+        for e in &mut self.execs {
+            match e {
+                Exec::Row(s) => {
+                    for (row, k) in rows.iter_mut().zip(keep.iter_mut()) {
+                        if *k && !s.apply(row) {
+                            *k = false;
+                            dropped(row);
+                        }
+                    }
+                }
+                Exec::Score(s) => s.score(rows, keep),
+            }
+        }
+    }
+
+    /// At checkpoint barrier `epoch`: scorers take the versions decided for the next epoch.
+    pub fn at_barrier(&mut self, epoch: u64) {
+        for e in &mut self.execs {
+            if let Exec::Score(s) = e {
+                s.at_barrier(epoch);
+            }
+        }
+    }
+
+    /// Without checkpoints: scorers follow the registry.
+    pub fn poll(&mut self) {
+        for e in &mut self.execs {
+            if let Exec::Score(s) = e {
+                s.poll();
+            }
+        }
+    }
+}

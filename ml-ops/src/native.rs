@@ -1,0 +1,478 @@
+//! Native scorers for the models scikit-learn exports through skl2onnx: linear models
+//! (`LinearClassifier`, `LinearRegressor`) and tree ensembles (`TreeEnsembleClassifier`,
+//! `TreeEnsembleRegressor`) of the `ai.onnx.ml` domain. They read the same `.onnx` file as ONNX
+//! Runtime and follow its arithmetic (f32 scores, the same post transforms and binary-class
+//! rules), so a job can score without the ONNX Runtime library; `tests/parity.rs` checks them
+//! against ONNX Runtime on the same models.
+
+use crate::onnx::{Attrs, NodeProto, OnnxModel};
+use crate::predict::{Predictions, Task};
+use crate::MlError;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Post {
+    None,
+    Logistic,
+    Softmax,
+    SoftmaxZero,
+}
+
+impl Post {
+    fn parse(node: &Attrs) -> Result<Post, MlError> {
+        Ok(match node.string("post_transform").as_deref().unwrap_or("NONE") {
+            "NONE" => Post::None,
+            "LOGISTIC" => Post::Logistic,
+            "SOFTMAX" => Post::Softmax,
+            "SOFTMAX_ZERO" => Post::SoftmaxZero,
+            other => return Err(MlError::Unsupported(format!("post_transform {other}"))),
+        })
+    }
+
+    /// Transforms a row of scores in place as ONNX Runtime's `write_scores` does.
+    fn apply(self, s: &mut [f32]) {
+        match self {
+            Post::None => {}
+            Post::Logistic => s.iter_mut().for_each(|v| *v = logistic(*v)),
+            Post::Softmax | Post::SoftmaxZero => {
+                let max = s.iter().copied().fold(f32::MIN, f32::max);
+                let mut sum = 0.0;
+                for v in s.iter_mut() {
+                    if self == Post::SoftmaxZero && *v == 0.0 {
+                        continue;
+                    }
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                for v in s.iter_mut() {
+                    if !(self == Post::SoftmaxZero && *v == 0.0) {
+                        *v /= sum;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// ONNX Runtime's logistic: computed on |x| so that both halves are exact complements.
+#[inline]
+fn logistic(x: f32) -> f32 {
+    let v = 1.0 / (1.0 + (-x.abs()).exp());
+    if x < 0.0 {
+        1.0 - v
+    } else {
+        v
+    }
+}
+
+/// A model the native scorer runs.
+#[derive(Debug, Clone)]
+pub struct NativeModel {
+    features: usize,
+    kind: Kind,
+    /// A `Normalizer` on the probabilities (skl2onnx's multinomial logistic regression).
+    normalize: Option<Norm>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Norm {
+    Max,
+    L1,
+    L2,
+}
+
+impl Norm {
+    fn apply(self, s: &mut [f32]) {
+        let d = match self {
+            Norm::Max => s.iter().copied().fold(f32::MIN, f32::max),
+            Norm::L1 => s.iter().map(|v| v.abs()).sum(),
+            Norm::L2 => s.iter().map(|v| v * v).sum::<f32>().sqrt(),
+        };
+        if d != 0.0 {
+            s.iter_mut().for_each(|v| *v /= d);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Linear(Linear),
+    Trees(Trees),
+}
+
+#[derive(Debug, Clone)]
+struct Linear {
+    /// targets x features, row-major.
+    coef: Vec<f32>,
+    intercepts: Vec<f32>,
+    targets: usize,
+    post: Post,
+    /// Class labels (classifiers).
+    labels: Option<Vec<i64>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Leq,
+    Lt,
+    Gte,
+    Gt,
+    Eq,
+    Neq,
+    Leaf,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    mode: Mode,
+    feature: u32,
+    threshold: f32,
+    if_true: u32,
+    if_false: u32,
+    missing_true: bool,
+    /// Range of this leaf's weights in `Trees::weights`.
+    weights: (u32, u32),
+}
+
+#[derive(Debug, Clone)]
+struct Trees {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    /// (target or class index, weight) of each leaf, grouped by leaf.
+    weights: Vec<(u32, f32)>,
+    targets: usize,
+    base_values: Vec<f32>,
+    post: Post,
+    labels: Option<Vec<i64>>,
+    average: bool,
+    /// Two classes, but the leaves only weigh the first (gradient boosting): that sum is the
+    /// positive class's score, as in ONNX Runtime's `binary_case_`.
+    binary_single: bool,
+    weights_all_positive: bool,
+}
+
+impl NativeModel {
+    /// Reads a model the native scorer can run: one of the four operators, optionally
+    /// followed by `Identity` nodes. Anything else is `Unsupported` (score it with ONNX Runtime).
+    pub fn from_onnx(model: &OnnxModel) -> Result<NativeModel, MlError> {
+        let features = model.feature_count()?;
+        let mut main: Option<&NodeProto> = None;
+        let mut normalize = None;
+        for node in &model.graph.node {
+            match node.op_type.as_deref().unwrap_or("") {
+                "Identity" => {}
+                "Normalizer" if main.is_some() && normalize.is_none() => {
+                    normalize = Some(match Attrs(node).string("norm").as_deref() {
+                        Some("MAX") => Norm::Max,
+                        Some("L1") => Norm::L1,
+                        Some("L2") => Norm::L2,
+                        other => return Err(MlError::BadModel(format!("Normalizer norm {other:?}"))),
+                    })
+                }
+                "LinearClassifier" | "LinearRegressor" | "TreeEnsembleClassifier" | "TreeEnsembleRegressor" if main.is_none() => {
+                    main = Some(node)
+                }
+                other => {
+                    return Err(MlError::Unsupported(format!(
+                        "operator {other} (the native scorer runs one linear or tree-ensemble operator)"
+                    )))
+                }
+            }
+        }
+        let node = main.ok_or_else(|| MlError::Unsupported("no linear or tree-ensemble operator".into()))?;
+        let a = Attrs(node);
+        let kind = match node.op_type.as_deref().unwrap_or("") {
+            "LinearClassifier" | "LinearRegressor" => Kind::Linear(Linear::read(&a, features)?),
+            _ => Kind::Trees(Trees::read(&a, features)?),
+        };
+        Ok(NativeModel { features, kind, normalize })
+    }
+
+    pub fn task(&self) -> Task {
+        let labels = match &self.kind {
+            Kind::Linear(l) => &l.labels,
+            Kind::Trees(t) => &t.labels,
+        };
+        match labels {
+            Some(l) => Task::Classifier { classes: l.len() },
+            None => Task::Regressor,
+        }
+    }
+
+    pub fn features(&self) -> usize {
+        self.features
+    }
+
+    /// Scores `rows` rows of `features` values each (row-major) into `out`.
+    pub fn predict(&self, x: &[f32], rows: usize, out: &mut Predictions) {
+        out.clear();
+        let mut scores = std::mem::take(&mut out.scratch);
+        scores.resize(self.targets().max(2), 0.0);
+        for r in 0..rows {
+            let row = &x[r * self.features..(r + 1) * self.features];
+            match &self.kind {
+                Kind::Linear(l) => l.row(row, &mut scores, out),
+                Kind::Trees(t) => t.row(row, &mut scores, out),
+            }
+            if let Some(norm) = self.normalize {
+                let n = out.probabilities.len();
+                norm.apply(&mut out.probabilities[n - out.classes..]);
+            }
+        }
+        out.rows = rows;
+        out.scratch = scores;
+    }
+
+    fn targets(&self) -> usize {
+        match &self.kind {
+            Kind::Linear(l) => l.targets,
+            Kind::Trees(t) => t.targets,
+        }
+    }
+}
+
+impl Linear {
+    fn read(a: &Attrs, features: usize) -> Result<Linear, MlError> {
+        let coef = a.floats("coefficients");
+        if features == 0 || coef.is_empty() || !coef.len().is_multiple_of(features) {
+            return Err(MlError::BadModel(format!("{} coefficients for {features} features", coef.len())));
+        }
+        let targets = coef.len() / features;
+        let mut intercepts = a.floats("intercepts");
+        intercepts.resize(targets, 0.0);
+        let labels = if a.0.op_type.as_deref() == Some("LinearClassifier") {
+            if !a.strings("classlabels_strings").is_empty() {
+                return Err(MlError::Unsupported("string class labels (train with integer labels)".into()));
+            }
+            let labels = a.ints("classlabels_ints");
+            if labels.len() != targets || targets < 2 {
+                return Err(MlError::Unsupported(format!("{} class labels for {targets} score columns", labels.len())));
+            }
+            Some(labels)
+        } else {
+            None
+        };
+        Ok(Linear { coef, intercepts, targets, post: Post::parse(a)?, labels })
+    }
+
+    #[inline]
+    fn row(&self, x: &[f32], scores: &mut [f32], out: &mut Predictions) {
+        let s = &mut scores[..self.targets];
+        for (t, v) in s.iter_mut().enumerate() {
+            let w = &self.coef[t * x.len()..(t + 1) * x.len()];
+            *v = self.intercepts[t] + w.iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+        }
+        match &self.labels {
+            Some(labels) => {
+                let best = argmax(s);
+                self.post.apply(s);
+                out.push_class(labels[best], s);
+            }
+            None => {
+                self.post.apply(s);
+                out.push_score(s[0]);
+            }
+        }
+    }
+}
+
+fn argmax(s: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in s.iter().enumerate() {
+        if *v > s[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl Trees {
+    fn read(a: &Attrs, features: usize) -> Result<Trees, MlError> {
+        let classifier = a.0.op_type.as_deref() == Some("TreeEnsembleClassifier");
+        if a.has("nodes_values_as_tensor") || a.has("base_values_as_tensor") {
+            return Err(MlError::Unsupported("double-precision tree thresholds".into()));
+        }
+        let tree_ids = a.ints("nodes_treeids");
+        let node_ids = a.ints("nodes_nodeids");
+        let feature_ids = a.ints("nodes_featureids");
+        let values = a.floats("nodes_values");
+        let modes = a.strings("nodes_modes");
+        let trues = a.ints("nodes_truenodeids");
+        let falses = a.ints("nodes_falsenodeids");
+        let missing = a.ints("nodes_missing_value_tracks_true");
+        let n = tree_ids.len();
+        if [node_ids.len(), feature_ids.len(), values.len(), modes.len(), trues.len(), falses.len()].iter().any(|&l| l != n) {
+            return Err(MlError::BadModel("tree node attributes of different lengths".into()));
+        }
+        // (tree, node id) -> index in `nodes`.
+        let mut index = std::collections::HashMap::with_capacity(n);
+        for i in 0..n {
+            index.insert((tree_ids[i], node_ids[i]), i as u32);
+        }
+        let lookup =
+            |tree: i64, id: i64| index.get(&(tree, id)).copied().ok_or_else(|| MlError::BadModel(format!("tree {tree} has no node {id}")));
+        let mut nodes = Vec::with_capacity(n);
+        let mut roots: Vec<u32> = Vec::new();
+        for i in 0..n {
+            let mode = match modes[i].as_str() {
+                "BRANCH_LEQ" => Mode::Leq,
+                "BRANCH_LT" => Mode::Lt,
+                "BRANCH_GTE" => Mode::Gte,
+                "BRANCH_GT" => Mode::Gt,
+                "BRANCH_EQ" => Mode::Eq,
+                "BRANCH_NEQ" => Mode::Neq,
+                "LEAF" => Mode::Leaf,
+                other => return Err(MlError::BadModel(format!("node mode {other}"))),
+            };
+            let feature = feature_ids[i];
+            if mode != Mode::Leaf && !(0..features as i64).contains(&feature) {
+                return Err(MlError::BadModel(format!("node reads feature {feature} of {features}")));
+            }
+            let (if_true, if_false) =
+                if mode == Mode::Leaf { (0, 0) } else { (lookup(tree_ids[i], trues[i])?, lookup(tree_ids[i], falses[i])?) };
+            if roots.last().map(|&r| tree_ids[r as usize]) != Some(tree_ids[i]) {
+                roots.push(i as u32);
+            }
+            nodes.push(Node {
+                mode,
+                feature: feature.max(0) as u32,
+                threshold: values[i],
+                if_true,
+                if_false,
+                missing_true: missing.get(i).copied().unwrap_or(0) != 0,
+                weights: (0, 0),
+            });
+        }
+        // Roots are each tree's first node in file order; check every tree got exactly one.
+        let mut tree_set: Vec<i64> = tree_ids.clone();
+        tree_set.sort_unstable();
+        tree_set.dedup();
+        if tree_set.len() != roots.len() {
+            return Err(MlError::Unsupported("tree nodes not grouped by tree".into()));
+        }
+        let prefix = if classifier { "class" } else { "target" };
+        let w_trees = a.ints(&format!("{prefix}_treeids"));
+        let w_nodes = a.ints(&format!("{prefix}_nodeids"));
+        let w_ids = a.ints(&format!("{prefix}_ids"));
+        let w_values = a.floats(&format!("{prefix}_weights"));
+        if [w_nodes.len(), w_ids.len(), w_values.len()].iter().any(|&l| l != w_trees.len()) {
+            return Err(MlError::BadModel("leaf weight attributes of different lengths".into()));
+        }
+        let (labels, targets) = if classifier {
+            if !a.strings("classlabels_strings").is_empty() {
+                return Err(MlError::Unsupported("string class labels (train with integer labels)".into()));
+            }
+            let labels = a.ints("classlabels_int64s");
+            let n = labels.len();
+            (Some(labels), n)
+        } else {
+            (None, a.int("n_targets").unwrap_or(1).max(1) as usize)
+        };
+        let mut leaf_weights: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+        let mut used = vec![false; targets.max(1)];
+        for j in 0..w_trees.len() {
+            let leaf = lookup(w_trees[j], w_nodes[j])? as usize;
+            let t = w_ids[j];
+            if !(0..targets as i64).contains(&t) {
+                return Err(MlError::BadModel(format!("leaf weight for target {t} of {targets}")));
+            }
+            used[t as usize] = true;
+            leaf_weights[leaf].push((t as u32, w_values[j]));
+        }
+        let mut weights = Vec::with_capacity(w_trees.len());
+        for (node, w) in nodes.iter_mut().zip(leaf_weights) {
+            node.weights = (weights.len() as u32, (weights.len() + w.len()) as u32);
+            weights.extend(w);
+        }
+        let binary_single = classifier && targets == 2 && !used[1];
+        if binary_single && !used[0] {
+            return Err(MlError::BadModel("a classifier without leaf weights".into()));
+        }
+        let weights_all_positive = w_values.iter().all(|w| *w >= 0.0);
+        let aggregate = a.string("aggregate_function").unwrap_or_else(|| "SUM".into());
+        let average = match aggregate.as_str() {
+            "SUM" => false,
+            "AVERAGE" => true,
+            other => return Err(MlError::Unsupported(format!("aggregate_function {other}"))),
+        };
+        if classifier && targets < 2 {
+            return Err(MlError::Unsupported("a classifier with fewer than two classes".into()));
+        }
+        Ok(Trees {
+            nodes,
+            roots,
+            weights,
+            targets,
+            base_values: a.floats("base_values"),
+            post: Post::parse(a)?,
+            labels,
+            average,
+            binary_single,
+            weights_all_positive,
+        })
+    }
+
+    #[inline]
+    fn leaf(nodes: &[Node], mut i: u32, x: &[f32]) -> u32 {
+        loop {
+            let n = &nodes[i as usize];
+            let v = x[n.feature as usize];
+            let go = match n.mode {
+                Mode::Leaf => return i,
+                Mode::Leq => v <= n.threshold,
+                Mode::Lt => v < n.threshold,
+                Mode::Gte => v >= n.threshold,
+                Mode::Gt => v > n.threshold,
+                Mode::Eq => v == n.threshold,
+                Mode::Neq => v != n.threshold,
+            } || (n.missing_true && v.is_nan());
+            i = if go { n.if_true } else { n.if_false };
+        }
+    }
+
+    fn row(&self, x: &[f32], scores: &mut [f32], out: &mut Predictions) {
+        let nodes = &self.nodes;
+        let s = &mut scores[..self.targets.max(1)];
+        s.fill(0.0);
+        for &root in &self.roots {
+            let leaf = &nodes[Self::leaf(nodes, root, x) as usize];
+            for &(t, w) in &self.weights[leaf.weights.0 as usize..leaf.weights.1 as usize] {
+                s[t as usize] += w;
+            }
+        }
+        if self.average {
+            let n = self.roots.len() as f32;
+            s.iter_mut().for_each(|v| *v /= n);
+        }
+        let Some(labels) = &self.labels else {
+            for (v, b) in s.iter_mut().zip(&self.base_values) {
+                *v += b;
+            }
+            self.post.apply(s);
+            out.push_score(s[0]);
+            return;
+        };
+        if self.binary_single {
+            // One score for the positive class (ONNX Runtime's binary case).
+            let mut score = s[0] + self.base_values.first().copied().unwrap_or(0.0);
+            let label = if self.weights_all_positive { score > 0.5 } else { score > 0.0 };
+            let mut pair = match self.post {
+                Post::Logistic => {
+                    score = logistic(score);
+                    [1.0 - score, score]
+                }
+                _ => [if self.weights_all_positive { 1.0 - score } else { -score }, score],
+            };
+            if self.post == Post::Softmax || self.post == Post::SoftmaxZero {
+                self.post.apply(&mut pair);
+            }
+            out.push_class(labels[label as usize], &pair);
+            return;
+        }
+        for (v, b) in s.iter_mut().zip(&self.base_values) {
+            *v += b;
+        }
+        let best = argmax(s);
+        self.post.apply(s);
+        out.push_class(labels[best], s);
+    }
+}
