@@ -496,6 +496,7 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
         v["windows_fired"] = s.windows_fired.into();
         v["pattern_matches"] = s.pattern_matches.into();
         v["partial_matches"] = s.partial_matches.into();
+        v["models"] = serde_json::to_value(&s.models).unwrap_or_default();
         v["watermark"] = tenantflow_engine::dataflow::fmt_watermark(s.watermark_us).into();
         v["last_checkpoint"] = match s.last_checkpoint_epoch {
             Some(epoch) => json!({"epoch": epoch, "bytes": s.last_checkpoint_bytes, "duration_ms": s.last_checkpoint_duration_ms}),
@@ -519,6 +520,19 @@ fn merge(mut total: JobStatus, peers: &[JobStatus]) -> JobStatus {
         total.windows_fired += p.windows_fired;
         total.pattern_matches += p.pattern_matches;
         total.partial_matches += p.partial_matches;
+        for (t, m) in total.models.iter_mut().zip(&p.models) {
+            t.rows += m.rows;
+            t.batches += m.batches;
+            t.defaulted += m.defaulted;
+            t.skipped += m.skipped;
+            t.errors += m.errors;
+            t.model_seconds += m.model_seconds;
+            t.swaps += m.swaps;
+            t.shadow_mean_abs_diff = (t.shadow_mean_abs_diff * t.shadow_rows as f64 + m.shadow_mean_abs_diff * m.shadow_rows as f64)
+                / (t.shadow_rows + m.shadow_rows).max(1) as f64;
+            t.shadow_rows += m.shadow_rows;
+            t.shadow_disagreements += m.shadow_disagreements;
+        }
         total.watermark_us = match (total.watermark_us, p.watermark_us) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -99,6 +99,30 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
         "Partial matches dropped at the per-key cap (max_partial_matches)",
         &["job_id"],
     )?;
+    let model_labels = ["job_id", "step", "model"];
+    let predictions = counter(&r, "model_predictions_total", "Rows a score step's live model scored", &model_labels)?;
+    let model_defaulted =
+        counter(&r, "model_features_defaulted_total", "Missing or invalid features that took the step's default", &model_labels)?;
+    let model_skipped =
+        counter(&r, "model_rows_skipped_total", "Rows not scored for a missing feature (on_missing = \"skip\")", &model_labels)?;
+    let model_errors = counter(&r, "model_errors_total", "Rows of batches the model failed on (outputs NULL)", &model_labels)?;
+    let model_seconds = seconds_counter(&r, "model_seconds_total", "Time inside the model, summed over the workers", &model_labels)?;
+    let model_version = gauge(&r, "model_version", "The live model version a score step uses", &model_labels)?;
+    let model_swaps = counter(&r, "model_swaps_total", "Model version changes at checkpoint boundaries (per worker)", &model_labels)?;
+    let shadow_labels = ["job_id", "step", "model", "candidate"];
+    let shadow_rows = counter(&r, "model_shadow_predictions_total", "Rows the shadow candidate also scored", &shadow_labels)?;
+    let shadow_disagreements = counter(
+        &r,
+        "model_shadow_disagreements_total",
+        "Rows where the shadow candidate disagreed (another label, or a score more than 1% away)",
+        &shadow_labels,
+    )?;
+    let shadow_diff = seconds_counter(
+        &r,
+        "model_shadow_abs_difference_total",
+        "Sum of |live - candidate| probability (or score) over shadow rows",
+        &shadow_labels,
+    )?;
     let checkpoints = counter(&r, "checkpoints_total", "Checkpoints committed", &["job_id"])?;
     let lag = gauge(&r, "watermark_lag_seconds", "Wall clock minus the job's event-time watermark on this process", &["job_id"])?;
     let ck_duration = gauge(&r, "checkpoint_duration_seconds", "Last checkpoint, first part to commit", &["job_id"])?;
@@ -199,6 +223,23 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
                 for (outcome, v) in [("sent", n.sent), ("failed", n.failed), ("retried", n.retried)] {
                     notifications.with_label_values(&[id.as_str(), receiver, outcome]).inc_by(v);
                 }
+            }
+        }
+        for m in s.models.iter().map(|m| m.report()) {
+            let labels = [id.as_str(), m.step.as_str(), m.model.as_str()];
+            predictions.with_label_values(&labels).inc_by(m.rows);
+            model_defaulted.with_label_values(&labels).inc_by(m.defaulted);
+            model_skipped.with_label_values(&labels).inc_by(m.skipped);
+            model_errors.with_label_values(&labels).inc_by(m.errors);
+            model_seconds.with_label_values(&labels).inc_by(m.model_seconds);
+            model_version.with_label_values(&labels).set(m.version as f64);
+            model_swaps.with_label_values(&labels).inc_by(m.swaps);
+            if let Some(candidate) = m.shadow_version {
+                let c = candidate.to_string();
+                let labels = [id.as_str(), m.step.as_str(), m.model.as_str(), c.as_str()];
+                shadow_rows.with_label_values(&labels).inc_by(m.shadow_rows);
+                shadow_disagreements.with_label_values(&labels).inc_by(m.shadow_disagreements);
+                shadow_diff.with_label_values(&labels).inc_by(m.shadow_mean_abs_diff * m.shadow_rows as f64);
             }
         }
         checkpoints.with_label_values(&[&id]).inc_by(s.checkpoints.load(Relaxed));

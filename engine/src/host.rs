@@ -97,6 +97,9 @@ pub struct JobStatus {
     pub pattern_matches: u64,
     #[serde(default)]
     pub partial_matches: i64,
+    /// Score steps: model, version in use, rows scored, shadow disagreements.
+    #[serde(default)]
+    pub models: Vec<crate::scoring::ModelReport>,
     /// The lowest watermark of this process's sources (µs since the epoch).
     pub watermark_us: Option<i64>,
     pub checkpoints: u64,
@@ -142,6 +145,7 @@ fn status(j: &HostedJob) -> JobStatus {
         windows_fired: s.windows_fired.load(Relaxed),
         pattern_matches: s.pattern_matches.load(Relaxed),
         partial_matches: s.partial_matches.load(Relaxed),
+        models: s.models.iter().map(|m| m.report()).collect(),
         watermark_us: s.watermark(),
         checkpoints: s.checkpoints.load(Relaxed),
         last_checkpoint_epoch: (committed > 0).then_some(committed),

@@ -75,7 +75,7 @@ pub struct ScoreStats {
 }
 
 /// A score step's counters, for the run summary, the API and the metrics.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelReport {
     /// The step's key in the job file, e.g. `steps[2]`.
     pub step: String,
@@ -130,8 +130,9 @@ impl ScoreModel {
         &self.plan.spec.model.value
     }
 
+    /// The step's key in the job file, e.g. `steps[3]`.
     pub fn key(&self) -> &str {
-        &self.plan.origin.key
+        self.plan.origin.key.trim_end_matches(".score")
     }
 
     fn runtime(&self) -> Runtime {
@@ -570,7 +571,7 @@ impl Steps {
                 PlannedKind::Score(sp) => {
                     let m = models
                         .iter()
-                        .find(|m| m.key() == sp.origin.key)
+                        .find(|m| m.plan.origin.key == sp.origin.key)
                         .ok_or_else(|| format!("score step {} has no resolved model", sp.origin.key))?;
                     execs.push(Exec::Score(Box::new(Scorer::new(Arc::clone(m))?)));
                 }

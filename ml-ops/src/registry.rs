@@ -338,3 +338,67 @@ impl Registry {
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/models").join(format!("{name}.onnx"));
+        fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn meta(n: usize) -> UploadMeta {
+        UploadMeta { features: (0..n).map(|i| format!("f{i}")).collect(), ..UploadMeta::default() }
+    }
+
+    #[test]
+    fn versions_promote_rollback_and_shadow() {
+        let dir = std::env::temp_dir().join(format!("tf-registry-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let reg = Registry::open(&dir);
+        assert!(reg.list().expect("empty list").is_empty());
+        let v1 = reg.upload("churn", &model("logreg-multiclass"), meta(6), "t1".into()).expect("upload 1");
+        assert_eq!((v1.version, v1.task, v1.features.len()), (1, Task::Classifier { classes: 3 }, 6));
+        assert_eq!(v1.sha256.len(), 64);
+        assert_eq!(v1.inputs[0].shape, vec![None, Some(6)]);
+        // The first version is live; the second waits.
+        let v2 = reg.upload("churn", &model("forest-multiclass"), meta(6), "t2".into()).expect("upload 2");
+        assert_eq!(v2.version, 2);
+        assert_eq!(reg.resolve("churn", None).expect("live").version, 1);
+        assert_eq!(reg.resolve("churn", Some(2)).expect("pinned").version, 2);
+        let s = reg.shadow("churn", Some(2)).expect("shadow");
+        assert_eq!((s.live, s.shadow), (Some(1), Some(2)));
+        let s = reg.promote("churn", 2).expect("promote");
+        assert_eq!((s.live, s.shadow, s.history.clone()), (Some(2), None, vec![1]));
+        let s = reg.rollback("churn").expect("rollback");
+        assert_eq!((s.live, s.history.clone()), (Some(1), vec![]));
+        assert!(matches!(reg.rollback("churn"), Err(MlError::Invalid(_))));
+        let listed = reg.list().expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!((listed[0].versions.clone(), listed[0].state.live), (vec![1, 2], Some(1)));
+        // A reopened registry sees the same.
+        assert_eq!(Registry::open(&dir).state("churn").expect("state").live, Some(1));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn bad_uploads_and_lookups_say_what_is_wrong() {
+        let dir = std::env::temp_dir().join(format!("tf-registry-bad-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let reg = Registry::open(&dir);
+        let err = |r: Result<ModelMeta, MlError>| r.expect_err("should fail").to_string();
+        assert!(err(reg.upload("x", b"not onnx", meta(6), String::new())).contains("not an ONNX model"));
+        assert!(err(reg.upload("x", &model("logreg-multiclass"), meta(5), String::new())).contains("takes 6 features"));
+        let mut names = meta(6);
+        names.class_names = vec!["a".into(), "b".into()];
+        assert!(err(reg.upload("x", &model("logreg-multiclass"), names, String::new())).contains("3 classes"));
+        assert!(err(reg.upload("../etc", &model("logreg-multiclass"), meta(6), String::new())).contains("model name"));
+        assert!(matches!(reg.resolve("missing", None), Err(MlError::NotFound(_))));
+        reg.upload("x", &model("logreg-multiclass"), meta(6), String::new()).expect("upload");
+        assert!(matches!(reg.describe("x", 9), Err(MlError::NotFound(_))));
+        assert!(matches!(reg.promote("x", 9), Err(MlError::NotFound(_))));
+        assert!(matches!(reg.shadow("x", Some(1)), Err(MlError::Invalid(_))));
+        fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

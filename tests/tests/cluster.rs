@@ -656,3 +656,96 @@ url = "{}"
     let again = Command::new(tenantflow_bin()).args(["silence", "expire", &id, "--api", &cluster.api]).output().expect("CLI");
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("already expired"));
 }
+
+#[test]
+fn models_uploaded_to_the_cluster_are_promoted_shadowed_and_rolled_back_under_a_running_job() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let cluster = Cluster::start(d, 6);
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert_eq!(cluster.cli(&["model", "list"]), serde_json::json!([]));
+    let features =
+        ["duration_ms % 40", "duration_ms % 9", "duration_ms % 5", "if(event_type = 'payment_failed', 1, 0)", "duration_ms / 3000.0"];
+    let meta = serde_json::json!({"features": features, "description": "churn test", "class_names": ["stays", "churns"]});
+    std::fs::write(d.join("meta.json"), meta.to_string()).expect("meta");
+    for v in [1, 2] {
+        let file = repo.join(format!("jobs/models/churn-risk/{v}/model.onnx")).display().to_string();
+        let up = cluster.cli(&["model", "upload", "churn-risk", &file, "--meta", &d.join("meta.json").display().to_string()]);
+        assert_eq!((up["version"].as_u64(), up["task"].as_str()), (Some(v), Some("classifier")), "{up}");
+    }
+    let listed = cluster.cli(&["model", "list"]);
+    assert_eq!((listed[0]["live"].as_u64(), listed[0]["versions"].clone()), (Some(1), serde_json::json!([1, 2])), "{listed}");
+    assert_eq!(cluster.cli(&["model", "describe", "churn-risk"])["version"], 1);
+    assert_eq!(cluster.cli(&["model", "describe", "churn-risk", "--version", "2"])["features"][4], "duration_ms / 3000.0");
+    // Errors are JSON with fitting statuses.
+    for (method, path, body, status, code) in [
+        ("GET", "/api/v1/models/nope", None, 404, "not_found"),
+        ("GET", "/api/v1/models/churn-risk/versions/9", None, 404, "not_found"),
+        ("POST", "/api/v1/models/churn-risk/promote", Some(r#"{"version": 9}"#), 404, "not_found"),
+        ("POST", "/api/v1/models/churn-risk/promote", Some(r#"{"v": 2}"#), 422, "invalid_model"),
+        ("POST", "/api/v1/models/x/versions", Some(r#"{"meta": {"features": []}, "onnx_base64": "bm90IG9ubng="}"#), 422, "invalid_model"),
+        ("POST", "/api/v1/models/x/versions", Some(r#"{"meta": {"features": []}, "onnx_base64": "%%%"}"#), 422, "invalid_model"),
+        ("POST", "/api/v1/models/churn-risk/rollback", None, 422, "invalid_model"),
+    ] {
+        let (got, answer) = cluster.http_body(method, path, body).expect("API");
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{method} {path}: {answer}");
+    }
+
+    let text = format!(
+        r#"
+name = "scored"
+[source]
+type = "generator"
+profile = "music"
+events = 100000000
+rate = 2000
+tenants = 3
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+event_type = "string"
+duration_ms = "int"
+ts = "timestamp"
+[time]
+field = "ts"
+[[steps]]
+score = "churn-risk"
+as = "churn"
+[[sinks]]
+type = "file"
+path = "{}"
+[checkpoint]
+dir = "{}"
+interval = "300ms"
+"#,
+        d.join("scored.jsonl").display(),
+        d.join("ck").display()
+    );
+    std::fs::write(d.join("scored.toml"), text).expect("job");
+    let id = cluster.cli(&["job", "submit", &d.join("scored.toml").display().to_string()])["id"].as_str().expect("id").to_string();
+    let model = |key: &str| cluster.cli(&["job", "describe", &id])["models"][0][key].clone();
+    cluster.wait_for(Duration::from_secs(30), "rows scored", || model("rows").as_u64().is_some_and(|n| n > 0));
+    assert_eq!(model("version"), 1);
+    cluster.cli(&["model", "shadow", "churn-risk", "2"]);
+    cluster.wait_for(Duration::from_secs(30), "shadow rows", || model("shadow_rows").as_u64().is_some_and(|n| n > 0));
+    assert_eq!(model("shadow_version"), 2);
+    let promoted = cluster.cli(&["model", "promote", "churn-risk", "2"]);
+    assert_eq!((promoted["live"].as_u64(), promoted["shadow"].is_null()), (Some(2), true), "{promoted}");
+    cluster.wait_for(Duration::from_secs(30), "version 2 in use", || model("version") == 2);
+    let metrics = ureq::get(&format!("http://{}/metrics", cluster.metrics_targets()[1]))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    let line = |name: &str| metrics.lines().find(|l| l.starts_with(name) && l.contains(&id)).map(String::from);
+    assert!(line("tenantflow_model_predictions_total{").is_some_and(|l| !l.ends_with(" 0")), "{metrics}");
+    assert!(line("tenantflow_model_version{").is_some_and(|l| l.ends_with(" 2")), "{metrics}");
+    assert!(line("tenantflow_model_swaps_total{").is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    cluster.cli(&["model", "rollback", "churn-risk"]);
+    cluster.wait_for(Duration::from_secs(30), "version 1 again", || model("version") == 1);
+    assert_eq!(cluster.cli(&["job", "describe", &id])["state"], "running");
+    cluster.cli(&["job", "cancel", &id]);
+}

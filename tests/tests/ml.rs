@@ -1,0 +1,357 @@
+//! Score steps end to end, through the `tenantflow` binary with the examples' registry (a copy
+//! per test): both runtimes give the same predictions, a promoted version takes over at a
+//! checkpoint while the job runs, a savepoint restores with the version it recorded (not the
+//! registry's live one), shadow candidates are compared row by row, missing features follow the
+//! step's policy, and bad score steps get exact errors.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tenantflow_tests::{read_jsonl, tenantflow_bin};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A copy of jobs/models in `dir/models`, so tests can promote and roll back.
+fn registry(dir: &Path) -> PathBuf {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                copy(&p, &to.join(e.file_name()));
+            } else {
+                std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+            }
+        }
+    }
+    let to = dir.join("models");
+    copy(&repo().join("jobs/models"), &to);
+    to
+}
+
+/// The ONNX Runtime library scripts/setup.sh fetched (the binary runs in temporary
+/// directories, where its own search would not find it).
+fn onnxruntime() -> String {
+    repo().join(".onnxruntime/libonnxruntime.so.1.31.1").display().to_string()
+}
+
+fn tf(dir: &Path, args: &[&str]) -> Output {
+    Command::new(tenantflow_bin())
+        .args(args)
+        .env("TENANTFLOW_ONNXRUNTIME", onnxruntime())
+        .current_dir(dir)
+        .output()
+        .expect("run tenantflow")
+}
+
+fn ok(out: Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "tenantflow failed: {err}");
+    err
+}
+
+/// One row per generated event, scored by `churn-risk` (features made up from the event).
+fn event_job(events: u64, rate: Option<u64>, score: &str) -> String {
+    let rate = rate.map(|r| format!("rate = {r}")).unwrap_or_default();
+    format!(
+        r#"
+name = "score-events"
+[source]
+type = "generator"
+profile = "music"
+events = {events}
+{rate}
+tenants = 3
+
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+event_type = "string"
+duration_ms = "int"
+ts = "timestamp"
+
+[time]
+field = "ts"
+
+[[steps]]
+score = "churn-risk"
+features = ["duration_ms % 40", "duration_ms % 9", "duration_ms % 5", "if(event_type = 'payment_failed', 1, 0)", "duration_ms / 3000.0"]
+as = "churn"
+{score}
+
+[[steps]]
+select = ["tenant_id", "user_id", "ts", "duration_ms", "churn_label", "churn_probability"]
+
+[[sinks]]
+type = "file"
+path = "out.jsonl"
+
+[checkpoint]
+dir = "ck"
+interval = "200ms"
+"#
+    )
+}
+
+/// Each output row's probability by the row's event time (unique per generated event).
+fn by_ts(path: &Path) -> BTreeMap<String, f64> {
+    read_jsonl(path)
+        .iter()
+        .map(|r| (r["ts"].as_str().unwrap_or("").to_string(), r["churn_probability"].as_f64().unwrap_or(f64::NAN)))
+        .collect()
+}
+
+/// Runs `text` with the model pinned to `version` (no rate, no checkpoints needed) and returns
+/// the probabilities by event time.
+fn pinned(dir: &Path, text: &str, version: u32) -> BTreeMap<String, f64> {
+    let run = dir.join(format!("pinned-{version}"));
+    std::fs::create_dir_all(&run).expect("mkdir");
+    std::fs::write(run.join("job.toml"), text).expect("job");
+    let models = dir.join("models");
+    ok(tf(
+        &run,
+        &["run", "job.toml", "--quiet", "--models", &models.display().to_string(), "--set", &format!("steps[0].version={version}")],
+    ));
+    by_ts(&run.join("out.jsonl"))
+}
+
+/// Which version scored each row, in event-time order: '1', '2', or '?' when both agree.
+fn versions_used(got: &BTreeMap<String, f64>, v1: &BTreeMap<String, f64>, v2: &BTreeMap<String, f64>) -> String {
+    assert_eq!(got.len(), v1.len(), "every event is scored once");
+    got.iter()
+        .map(|(ts, p)| match (v1.get(ts), v2.get(ts)) {
+            (Some(a), Some(b)) if a == b => '?',
+            (Some(a), _) if a == p => '1',
+            (_, Some(b)) if b == p => '2',
+            _ => panic!("row at {ts}: probability {p} is neither version's"),
+        })
+        .filter(|c| *c != '?')
+        .collect()
+}
+
+fn wait_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_promoted_version_takes_over_at_a_checkpoint_and_a_savepoint_restores_with_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let models = registry(d).display().to_string();
+    let events = 60_000;
+    let v1 = pinned(d, &event_job(events, None, ""), 1);
+    let v2 = pinned(d, &event_job(events, None, ""), 2);
+    assert!(v1.iter().filter(|(ts, p)| v2.get(*ts) != Some(p)).count() > events as usize / 2, "the two versions should differ");
+
+    std::fs::write(d.join("job.toml"), event_job(events, Some(15_000), "")).expect("job");
+    let child = Command::new(tenantflow_bin())
+        .args(["run", "job.toml", "--quiet", "--models", &models])
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(30), "rows scored by version 1", || {
+        std::fs::read_to_string(d.join("ck/epoch-000002/MANIFEST.json")).is_ok()
+    });
+    ok(tf(d, &["model", "promote", "churn-risk", "2", "--registry", &models]));
+    // The next checkpoint records the switch.
+    let recorded = |live: u64| {
+        let mut newest = std::fs::read_dir(d.join("ck")).expect("ck").flatten().map(|e| e.path()).collect::<Vec<_>>();
+        newest.sort();
+        newest.iter().rev().find_map(|p| std::fs::read(p.join("MANIFEST.json")).ok()).is_some_and(|m| {
+            let m: Value = serde_json::from_slice(&m).expect("manifest");
+            m["models"]["steps[0]"]["live"].as_u64() == Some(live)
+        })
+    };
+    wait_for(Duration::from_secs(30), "a checkpoint recording version 2", || recorded(2));
+    // SAFETY: signalling our own child: it stops with a savepoint.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("savepoint"), "{}", String::from_utf8_lossy(&out.stderr));
+    let partial = by_ts(&d.join("out.jsonl")).len();
+    assert!(partial < events as usize, "the job should have stopped early ({partial} rows)");
+
+    // Roll the registry back: the restored run must still score with the savepoint's version 2
+    // (no checkpoint during the rest of the run, so no switch either).
+    ok(tf(d, &["model", "rollback", "churn-risk", "--registry", &models]));
+    let err = ok(tf(
+        d,
+        &["run", "job.toml", "--models", &models, "--restore", "latest", "--checkpoint-interval", "1h", "--set", "source.rate=0"],
+    ));
+    assert!(err.contains("model churn-risk v2"), "{err}");
+    let used = versions_used(&by_ts(&d.join("out.jsonl")), &v1, &v2);
+    let switch = used.find('2').expect("version 2 was used");
+    assert!(switch > 0, "version 1 scored the first rows");
+    assert!(used[switch..].chars().all(|c| c == '2'), "after the switch only version 2 scores: {}", &used[switch.saturating_sub(5)..]);
+}
+
+/// The churn example's day windows over jobs/data/user-activity.jsonl, to a file.
+fn window_job(score: &str) -> String {
+    let text = std::fs::read_to_string(repo().join("jobs/churn-risk.toml")).expect("example job");
+    let (head, rest) = text.split_once("[source]").expect("source");
+    let (_, rest) = rest.split_once("[schema]").expect("schema");
+    let (middle, _) = rest.split_once("[[sinks]]").expect("sinks");
+    let data = repo().join("jobs/data/user-activity.jsonl");
+    let middle = middle.replace("as = \"churn\"", &format!("as = \"churn\"\n{score}"));
+    format!(
+        "{head}[source]\ntype = \"file\"\npath = \"{}\"\n\n[schema]{middle}[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+        data.display()
+    )
+}
+
+fn run_window(d: &Path, name: &str, text: &str, extra: &[&str]) -> (Vec<Value>, String) {
+    let run = d.join(name);
+    std::fs::create_dir_all(&run).expect("mkdir");
+    std::fs::write(run.join("job.toml"), text).expect("job");
+    let models = d.join("models").display().to_string();
+    let mut args = vec!["run", "job.toml", "--models", models.as_str()];
+    args.extend_from_slice(extra);
+    let err = ok(tf(&run, &args));
+    let mut rows = read_jsonl(&run.join("out.jsonl"));
+    rows.sort_by_key(|r| r["user_id"].as_str().unwrap_or("").to_string());
+    (rows, err)
+}
+
+#[test]
+fn native_and_onnx_runtime_scores_agree_and_shadows_are_counted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    registry(d);
+    for version in [1, 2] {
+        let pin = format!("version = {version}");
+        let (native, err) = run_window(d, &format!("native-{version}"), &window_job(&format!("{pin}\nruntime = \"native\"")), &[]);
+        assert!(err.contains(&format!("model churn-risk v{version} (native): 400 rows scored")), "{err}");
+        let (onnx, err) = run_window(d, &format!("onnx-{version}"), &window_job(&format!("{pin}\nruntime = \"onnx\"")), &[]);
+        assert!(err.contains(&format!("model churn-risk v{version} (onnx): 400 rows scored")), "{err}");
+        assert_eq!(native.len(), 400);
+        for (a, b) in native.iter().zip(&onnx) {
+            assert_eq!(a["churn_label"], b["churn_label"], "{a} vs {b}");
+            let (p, q) = (a["churn_probability"].as_f64().unwrap_or(-1.0), b["churn_probability"].as_f64().unwrap_or(-2.0));
+            assert!((p - q).abs() <= 1e-5, "{a} vs {b}");
+        }
+    }
+    // Shadow: version 2 beside the live version 1; disagreements are rows whose labels differ.
+    let (v1, _) = run_window(d, "v1", &window_job("version = 1"), &[]);
+    let (v2, _) = run_window(d, "v2", &window_job("version = 2"), &[]);
+    let differ = v1.iter().zip(&v2).filter(|(a, b)| a["churn_label"] != b["churn_label"]).count();
+    assert!(differ > 0, "the versions should disagree somewhere");
+    ok(tf(d, &["model", "shadow", "churn-risk", "2", "--registry", "models"]));
+    let (live, err) = run_window(d, "shadowed", &window_job(""), &[]);
+    assert_eq!(live, v1, "the shadow candidate never changes the output");
+    assert!(err.contains(&format!("shadow v2: {differ} of 400 rows disagree")), "{err}");
+}
+
+#[test]
+fn missing_features_take_the_default_or_skip_the_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    registry(d);
+    let lines = [
+        r#"{"tenant_id": "a", "user_id": "u1", "plays": 10, "skips": 2, "likes": 1, "failed": 0, "minutes": 30.5, "ts": "2026-03-01T00:00:00Z"}"#,
+        r#"{"tenant_id": "a", "user_id": "u2", "plays": null, "skips": 2, "likes": 1, "failed": 0, "minutes": 30.5, "ts": "2026-03-01T00:00:01Z"}"#,
+        r#"{"tenant_id": "a", "user_id": "u3", "plays": 10, "skips": 2, "likes": 1, "failed": 0, "ts": "2026-03-01T00:00:02Z"}"#,
+        r#"{"tenant_id": "a", "user_id": "u4", "plays": 0, "skips": 2, "likes": 1, "failed": 0, "minutes": 30.5, "ts": "2026-03-01T00:00:03Z"}"#,
+        r#"{"tenant_id": "a", "user_id": "u5", "plays": "many", "ts": "2026-03-01T00:00:04Z"}"#,
+    ];
+    std::fs::write(d.join("in.jsonl"), lines.join("\n") + "\n").expect("input");
+    let job = |policy: &str| {
+        format!(
+            r#"
+name = "missing"
+[source]
+type = "file"
+path = "{}"
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+plays = "int"
+skips = "int"
+likes = "int"
+failed = "int"
+minutes = "float"
+ts = "timestamp"
+[time]
+field = "ts"
+[[steps]]
+score = "churn-risk"
+version = 1
+features = ["plays", "skips", "likes", "failed", "minutes"]
+on_missing = "{policy}"
+default = 0
+as = "churn"
+[[steps]]
+select = ["user_id", "churn_label", "churn_probability"]
+[[sinks]]
+type = "file"
+path = "out.jsonl"
+"#,
+            d.join("in.jsonl").display()
+        )
+    };
+    let (rows, err) = run_window(d, "default", &job("default"), &[]);
+    // u5's "many" is not an int: a dead letter, as any malformed event.
+    let users: Vec<&str> = rows.iter().filter_map(|r| r["user_id"].as_str()).collect();
+    assert_eq!(users, ["u1", "u2", "u3", "u4"], "{err}");
+    assert!(err.contains("4 rows scored in 1 batches, 2 features defaulted, 0 rows skipped"), "{err}");
+    // A missing feature defaulted to 0 scores like an explicit 0 (u2 is u4 with plays = 0).
+    assert_eq!(rows[1]["churn_probability"], rows[3]["churn_probability"]);
+    assert!(err.contains("1 dead letters"), "{err}");
+    let (rows, err) = run_window(d, "skip", &job("skip"), &[]);
+    assert!(err.contains("2 rows scored in 1 batches, 0 features defaulted, 2 rows skipped"), "{err}");
+    for r in &rows {
+        let scored = !r["churn_probability"].is_null();
+        assert_eq!(scored, r["user_id"] == "u1" || r["user_id"] == "u4", "{r}");
+    }
+}
+
+#[test]
+fn bad_score_steps_get_exact_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    registry(d);
+    let base = event_job(10, None, "");
+    let check = |text: &str, extra: &[&str], expected: &str| {
+        std::fs::write(d.join("bad.toml"), text).expect("job");
+        let mut args = vec!["validate", "bad.toml"];
+        args.extend_from_slice(extra);
+        let out = tf(d, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{expected}: {err}");
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    };
+    let models = ["--models", "models"];
+    check(
+        &base.replace("score = \"churn-risk\"", "score = \"nope\""),
+        &models,
+        "bad.toml:23:10: `steps[0].score`: no model `nope` in the registry at models",
+    );
+    check(&base.replace("\"duration_ms / 3000.0\"]", "\"duration_ms / 3000.0\", \"1\"]"), &models, "takes 5 features and the step gives 6");
+    check(
+        &base.replace("\"duration_ms % 40\"", "\"user_id\""),
+        &models,
+        "type error: a feature must be a number (int, float or bool), found string",
+    );
+    check(&base.replace("\"duration_ms % 40\"", "\"nope\""), &models, "unknown field");
+    check(&base.replace("as = \"churn\"", "as = \"churn\"\nversion = 7"), &models, "model `churn-risk` has no version 7");
+    check(&base.replace("as = \"churn\"", "as = \"churn\"\nruntime = \"gpu\""), &models, "`steps[0].runtime`");
+    check(&base.replace("as = \"churn\"", "as = \"churn-x\""), &models, "expected a field name prefix");
+    check(&base, &["--models", "no-such-dir"], "no model `churn-risk` in the registry at no-such-dir");
+    check(
+        &base.replace("as = \"churn\"", "as = \"churn\"\nruntime = \"onnx\""),
+        &["--models", "models", "--onnxruntime", "/nonexistent/libonnxruntime.so"],
+        "run scripts/setup.sh",
+    );
+}
