@@ -355,3 +355,41 @@ fn bad_score_steps_get_exact_errors() {
         "run scripts/setup.sh",
     );
 }
+
+#[test]
+fn the_churn_example_goes_from_kafka_through_the_model_to_clickhouse_and_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_kafka, bootstrap) = tenantflow_tests::dev_kafka(d, &["music-events"]);
+    let events = repo().join("jobs/data/user-activity.jsonl");
+    let kcat = Command::new("kcat")
+        .args(["-P", "-b", &bootstrap, "-t", "music-events", "-l"])
+        .arg(&events)
+        .status()
+        .expect("kcat (scripts/setup.sh installs it)");
+    assert!(kcat.success(), "kcat failed");
+    let ch = tenantflow_tests::ClickHouse::start(24_000 + (std::process::id() % 300) as u16 * 4);
+    let hook = tenantflow_tests::Webhook::start();
+    let job = repo().join("jobs/churn-risk.toml").display().to_string();
+    let models = repo().join("jobs/models").display().to_string();
+    let sets = [
+        format!("source.bootstrap_file={}", d.join("bootstrap").display()),
+        "source.bounded=true".into(),
+        format!("sinks[0].url={}", ch.url),
+        format!("alerting.receivers[0].url={}", hook.url),
+    ];
+    let mut args = vec!["run", job.as_str(), "--models", models.as_str()];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let err = ok(tf(d, &args));
+    assert!(err.contains("model churn-risk v1 (native): 400 rows scored"), "{err}");
+    let count = ch.query("SELECT count(), countIf(churn_probability > 0.9) FROM churn_risk").expect("query");
+    let (rows, risky) = count.trim().split_once('\t').expect("two columns");
+    assert_eq!(rows, "400", "one row per user and day");
+    let risky: usize = risky.parse().expect("count");
+    assert!(risky > 0, "some users should be at high risk");
+    let alerted: std::collections::BTreeSet<String> =
+        hook.firing().iter().filter_map(|a| a["labels"]["user_id"].as_str().map(String::from)).collect();
+    assert_eq!(alerted.len(), risky, "one alert per user at high risk");
+}
