@@ -13,8 +13,12 @@
 //!
 //!     cargo run --release -p tenantflow-benches -- --config kafka --workers 1
 //!
+//! ML scoring (issue #7): `--only score`, see `score.rs`.
+//!
 //! Cluster (issue #4): submit-to-running latency on a 2-process cluster (`cluster_submit`; it
 //! starts target/release/tenantflow, so `cargo build --release --bins` first).
+
+mod score;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -50,6 +54,7 @@ const CONFIGS: &[(&str, usize)] = &[
     ("alert_rules", 1),
     ("cep", 1),
     ("cep", 2),
+    ("score", 1),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -292,6 +297,7 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         "redis" => return redis_bench((events / 50).min(1_000_000), workers),
         "alert_rules" => return alert_bench((events / 5).min(10_000_000), workers),
         "cep" => return cep_bench((events / 5).min(10_000_000), workers),
+        "score" => return score::score_bench(events),
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))
@@ -1110,10 +1116,12 @@ fn main() -> anyhow::Result<()> {
         if !out.status.success() {
             bail!("{name} x{workers} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let line = String::from_utf8_lossy(&out.stdout);
-        let value: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("{name}: {line}"))?;
-        println!("{value}");
-        results.push(value);
+        // One JSON line per configuration (some print one per case).
+        for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+            let value: serde_json::Value = serde_json::from_str(line.trim()).with_context(|| format!("{name}: {line}"))?;
+            println!("{value}");
+            results.push(value);
+        }
     }
     let rate =
         |name: &str, w: u64| results.iter().find(|r| r["name"] == name && r["workers"] == w).and_then(|r| r["events_per_cpu_sec"].as_f64());

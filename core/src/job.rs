@@ -354,7 +354,7 @@ pub enum OnMissing {
 }
 
 /// Rows per model call unless `batch_size` says otherwise.
-pub const DEFAULT_SCORE_BATCH: usize = 256;
+pub const DEFAULT_SCORE_BATCH: usize = 1024;
 
 /// A `pattern` step: complex event processing per tenant and key (docs/cep.md). The pattern
 /// text and the maps are checked against the schema by `plan`.

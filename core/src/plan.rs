@@ -66,6 +66,8 @@ pub struct ScorePlan {
     /// Where the step is in the job file, for errors found when the model is resolved (the
     /// message is filled in then).
     pub origin: JobError,
+    /// Which outputs (label, class, probability, score) anything reads; the others stay NULL.
+    pub used: [bool; 4],
 }
 
 impl ScorePlan {
@@ -338,7 +340,8 @@ impl V<'_> {
                         *width - 1
                     });
                     let origin = job::value_error(self.file, self.text, &spec.model, 1, 1, String::new());
-                    let plan = ScorePlan { spec: (**spec).clone(), label_pos, class_pos, probability_pos, score_pos, origin };
+                    let plan =
+                        ScorePlan { spec: (**spec).clone(), label_pos, class_pos, probability_pos, score_pos, origin, used: [true; 4] };
                     out.push(PlannedStep { schema: before, kind: PlannedKind::Score(Box::new(plan)) });
                 }
                 Step::Window(_) | Step::Pattern(_) => {}
@@ -653,7 +656,24 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
     if !v.errors.is_empty() {
         return Err(JobErrors(v.errors));
     }
+    let (mut pre, mut post) = (pre, post);
+    for step in pre.iter_mut().chain(post.iter_mut()) {
+        if let PlannedKind::Score(sp) = &mut step.kind {
+            mark_used_outputs(sp, text, &output);
+        }
+    }
     Ok(Plan { spec, input, tenant_pos, tenant_type, time_pos, row_width: width, pre, pre_schema, window, pattern, post, out_width, output })
+}
+
+/// Which of a score step's outputs anything may read: those in the job's output, and those
+/// named anywhere in the file after the step (later steps, alert rules). Conservative: a name in
+/// a comment counts too. The scorer skips writing the others (a string class per row costs).
+fn mark_used_outputs(sp: &mut ScorePlan, text: &str, output: &Schema) {
+    let after = text.get(sp.spec.model.span.start.min(text.len())..).unwrap_or("");
+    let names = score_fields(&sp.spec.prefix);
+    for (used, (name, _)) in sp.used.iter_mut().zip(&names) {
+        *used = output.lookup(name).is_some() || after.contains(name.as_str());
+    }
 }
 
 /// Without `measures`, a match row carries each step's event count and its last event's

@@ -25,7 +25,7 @@ use tenantflow_core::job::{JobError, OnMissing, ScoreRuntime};
 use tenantflow_core::plan::{check_feature, PlannedKind, PlannedStep, ScorePlan};
 use tenantflow_core::{Plan, Schema, Value};
 use tenantflow_ml::registry::ModelMeta;
-use tenantflow_ml::{Model, Predictions, Registry, Runtime, Task};
+use tenantflow_ml::{Model, Predictions, Registry, Runtime};
 
 /// How often a job without checkpoints looks for a newly promoted version.
 pub const POLL_WITHOUT_CHECKPOINTS: Duration = Duration::from_secs(5);
@@ -312,11 +312,42 @@ pub fn resolve(plan: &Plan, cfg: &ModelConfig, restored: &BTreeMap<String, Versi
     }
 }
 
+/// A feature: a field read as it is (the common case, no expression call), or an expression.
+enum Feature {
+    Column(usize),
+    Expr(CompiledExpr),
+}
+
+impl Feature {
+    fn compile(text: &str, schema: &Schema) -> Result<Feature, String> {
+        let expr = check_feature(text, schema).map_err(|e| e.message)?;
+        Ok(match schema.lookup(text.trim()) {
+            Some((pos, _)) => Feature::Column(pos),
+            None => Feature::Expr(expr),
+        })
+    }
+
+    #[inline]
+    fn get(&self, row: &[Value]) -> Option<f32> {
+        let number = |v: &Value| match *v {
+            Value::Int(i) => Some(i as f32),
+            Value::Float(f) => Some(f as f32),
+            Value::Bool(b) => Some(b as u8 as f32),
+            _ => None,
+        };
+        match self {
+            Feature::Column(pos) => number(&row[*pos]),
+            Feature::Expr(e) => number(&e.eval(row)),
+        }
+        .filter(|x| x.is_finite())
+    }
+}
+
 /// A model loaded on one worker, with its compiled features.
 struct Running {
     version: u32,
     model: Model,
-    features: Vec<CompiledExpr>,
+    features: Vec<Feature>,
     class_names: Vec<CompactString>,
     x: Vec<f32>,
     out: Predictions,
@@ -325,7 +356,7 @@ struct Running {
 impl Running {
     fn new(loaded: &Loaded, version: u32, m: &ScoreModel) -> Result<Running, String> {
         let model = Model::load(&loaded.bytes, m.runtime(), m.plan.spec.threads, m.library.as_deref()).map_err(|e| e.to_string())?;
-        let features = loaded.features.iter().map(|f| check_feature(f, &m.schema)).collect::<Result<Vec<_>, _>>().map_err(|e| e.message)?;
+        let features = loaded.features.iter().map(|f| Feature::compile(f, &m.schema)).collect::<Result<Vec<_>, _>>()?;
         Ok(Running {
             version,
             model,
@@ -346,39 +377,30 @@ impl Running {
         stats: &ScoreStats,
         ok: &mut Vec<bool>,
     ) {
-        self.x.clear();
         ok.clear();
-        let default = spec.default as f32;
-        let mut defaulted = 0;
+        let width = self.features.len();
+        // Sized once, written in place: a row missing a feature under `skip` is overwritten by
+        // the next one.
+        self.x.resize(rows.len() * width, 0.0);
+        let (default, skip) = (spec.default as f32, spec.on_missing == OnMissing::Skip);
+        let (mut defaulted, mut at) = (0, 0);
         for &r in rows {
-            let start = self.x.len();
-            let mut complete = true;
-            for f in &self.features {
-                let v = f.eval(all[r]);
-                let x = match v {
-                    Value::Int(i) => Some(i as f32),
-                    Value::Float(f) => Some(f as f32),
-                    Value::Bool(b) => Some(b as u8 as f32),
-                    _ => None,
-                }
-                .filter(|x| x.is_finite());
-                match (x, spec.on_missing) {
-                    (Some(x), _) => self.x.push(x),
-                    (None, OnMissing::Default) => {
-                        defaulted += 1;
-                        self.x.push(default)
-                    }
-                    (None, OnMissing::Skip) => {
-                        complete = false;
-                        break;
-                    }
-                }
+            let row = &*all[r];
+            let mut missing = 0;
+            for (slot, f) in self.x[at..at + width].iter_mut().zip(&self.features) {
+                *slot = f.get(row).unwrap_or_else(|| {
+                    missing += 1;
+                    default
+                });
             }
-            if !complete {
-                self.x.truncate(start);
+            let complete = missing == 0 || !skip;
+            if complete {
+                defaulted += missing;
+                at += width;
             }
             ok.push(complete);
         }
+        self.x.truncate(at);
         if defaulted > 0 {
             stats.defaulted.fetch_add(defaulted, Relaxed);
         }
@@ -496,13 +518,22 @@ impl Scorer {
             }
             let out = &self.live.out;
             let label = out.label(j);
-            row[p.label_pos] = label.map_or(Value::Null, Value::Int);
-            row[p.class_pos] = label
-                .and_then(|l| usize::try_from(l).ok())
-                .and_then(|l| self.live.class_names.get(l))
-                .map_or(Value::Null, |c| Value::Str(c.clone()));
-            row[p.probability_pos] = out.probability(j).map_or(Value::Null, |v| Value::Float(v as f64));
-            row[p.score_pos] = out.score(j).map_or(Value::Null, |v| Value::Float(v as f64));
+            let [label_used, class_used, probability_used, score_used] = p.used;
+            if label_used {
+                row[p.label_pos] = label.map_or(Value::Null, Value::Int);
+            }
+            if class_used {
+                row[p.class_pos] = label
+                    .and_then(|l| usize::try_from(l).ok())
+                    .and_then(|l| self.live.class_names.get(l))
+                    .map_or(Value::Null, |c| Value::Str(c.clone()));
+            }
+            if probability_used {
+                row[p.probability_pos] = out.probability(j).map_or(Value::Null, |v| Value::Float(v as f64));
+            }
+            if score_used {
+                row[p.score_pos] = out.score(j).map_or(Value::Null, |v| Value::Float(v as f64));
+            }
             j += 1;
         }
         if result.is_ok() {
@@ -520,25 +551,24 @@ impl Scorer {
         if sh.model.predict(&sh.x, n, &mut sh.out).is_err() {
             return;
         }
-        let p = &m.plan;
-        let (mut j, mut compared, mut disagreed, mut diff) = (0, 0u64, 0u64, 0f64);
-        for (k, &r) in self.batch.iter().enumerate() {
-            if !self.shadow_ok[k] {
+        let live = &self.live.out;
+        // Each model's prediction index for batch row k: rows without all features have none.
+        let (mut j, mut i, mut compared, mut disagreed, mut diff) = (0, 0, 0u64, 0u64, 0f64);
+        for k in 0..self.batch.len() {
+            let (in_live, in_shadow) = (self.ok[k], self.shadow_ok[k]);
+            let (lj, si) = (j, i);
+            j += in_live as usize;
+            i += in_shadow as usize;
+            if !(in_live && in_shadow) {
                 continue;
             }
-            let row = &rows[r];
-            let (label, value) = match sh.model.task() {
-                Task::Classifier { .. } => (sh.out.label(j), sh.out.probability(j)),
-                Task::Regressor => (None, sh.out.score(j)),
-            };
-            j += 1;
-            let live_value = row[p.probability_pos].as_f64().or_else(|| row[p.score_pos].as_f64());
-            let (Some(lv), Some(sv)) = (live_value, value) else { continue };
+            let value = |out: &Predictions, n: usize| out.probability(n).or_else(|| out.score(n));
+            let (Some(lv), Some(sv)) = (value(live, lj), value(&sh.out, si)) else { continue };
             compared += 1;
-            let d = (lv - sv as f64).abs();
+            let d = (lv as f64 - sv as f64).abs();
             diff += d;
-            let other_label = label.is_some() && row[p.label_pos].as_i64() != label;
-            if other_label || (label.is_none() && d > 0.01 * lv.abs().max(1e-9)) {
+            let (ll, sl) = (live.label(lj), sh.out.label(si));
+            if ll != sl || (sl.is_none() && d > 0.01 * (lv as f64).abs().max(1e-9)) {
                 disagreed += 1;
             }
         }
