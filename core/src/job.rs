@@ -312,6 +312,42 @@ pub enum Step {
     Window(WindowSpec),
     Pattern(Box<PatternSpec>),
     Score(Box<ScoreSpec>),
+    Anomaly(Box<AnomalySpec>),
+}
+
+/// An `anomaly` step: scores each value of a series (tenant and key) against the series' own
+/// baseline (docs/ml.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnomalySpec {
+    /// The value to watch: an expression over the window's output fields.
+    pub value: Located<String>,
+    pub method: AnomalyMethod,
+    /// Values (seasonal: earlier seasons) a series needs before it is scored.
+    pub warmup: usize,
+    /// |score| at or above it sets `<as>_is_anomaly`.
+    pub threshold: f64,
+    pub prefix: String,
+    /// The series' time (seasonal phases), a timestamp field; default `window_start`.
+    pub time: Option<Located<String>>,
+    /// The series' key fields besides the tenant; default the window's.
+    pub key_by: Option<Vec<Located<String>>>,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AnomalyMethod {
+    Ewma {
+        alpha: f64,
+    },
+    Mad {
+        window: usize,
+    },
+    /// `period` and `bucket` in µs.
+    Seasonal {
+        period: i64,
+        bucket: i64,
+        seasons: usize,
+    },
 }
 
 /// A `score` step: runs a model from the registry on each row (docs/ml.md).
@@ -1159,7 +1195,7 @@ fn read_time(cx: &mut Cx, root: &T) -> Option<TimeSpec> {
 }
 
 fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
-    let verbs = ["filter", "derive", "select", "window", "pattern", "score"];
+    let verbs = ["filter", "derive", "select", "window", "pattern", "score", "anomaly"];
     let present: Vec<&str> = verbs.iter().copied().filter(|v| t.get(v).is_some()).collect();
     match present.as_slice() {
         ["filter"] => {
@@ -1220,6 +1256,7 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
         }
         ["pattern"] => read_pattern(cx, t).map(|p| Step::Pattern(Box::new(p))),
         ["score"] => read_score(cx, t).map(|s| Step::Score(Box::new(s))),
+        ["anomaly"] => read_anomaly(cx, t).map(|s| Step::Anomaly(Box::new(s))),
         [] => {
             cx.err(&t.span, &t.path, format!("a step needs one of: {}", verbs.join(", ")));
             None
@@ -1293,6 +1330,58 @@ fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
         default: t.float(cx, "default", f64::MIN, f64::MAX).unwrap_or(0.0),
         shadow: t.boolean(cx, "shadow").unwrap_or(true),
         model,
+    })
+}
+
+fn read_anomaly(cx: &mut Cx, t: &T) -> Option<AnomalySpec> {
+    t.check_keys(
+        cx,
+        &["anomaly", "method", "alpha", "history", "period", "bucket", "seasons", "warmup", "threshold", "as", "time", "key_by"],
+    );
+    let value = t.required_string(cx, "anomaly", "the value to watch, e.g. \"plays\"")?;
+    #[derive(Clone, Copy)]
+    enum M {
+        Ewma,
+        Mad,
+        Seasonal,
+    }
+    let m = t.choice(cx, "method", &[("ewma", M::Ewma), ("mad", M::Mad), ("seasonal", M::Seasonal)], Some(M::Ewma))?;
+    let (method, warmup) = match m {
+        M::Ewma => (AnomalyMethod::Ewma { alpha: t.float(cx, "alpha", 1e-6, 1.0).unwrap_or(0.1) }, 10),
+        M::Mad => (AnomalyMethod::Mad { window: t.int(cx, "history", 3).map_or(100, |n| n.min(1 << 20) as usize) }, 10),
+        M::Seasonal => {
+            let period = t.positive_duration(cx, "period", "the season's length, e.g. \"7d\"")?;
+            let bucket = match t.get("bucket") {
+                Some(_) => t.positive_duration(cx, "bucket", "the phase's length, e.g. \"1h\"")?,
+                None => 3_600_000_000,
+            };
+            if bucket > period || period % bucket != 0 {
+                let span = t.get("bucket").map_or(t.span.clone(), |v| v.span());
+                cx.err(&span, &t.key("bucket"), "expected a `bucket` that divides `period` (e.g. 1h in 7d)");
+                return None;
+            }
+            (AnomalyMethod::Seasonal { period, bucket, seasons: t.int(cx, "seasons", 1).map_or(4, |n| n.min(1000) as usize) }, 2)
+        }
+    };
+    let prefix = match t.string(cx, "as") {
+        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
+        Some(p) => {
+            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
+            return None;
+        }
+        // A watched field names its outputs (`plays_score`); an expression gives `anomaly_score`.
+        None if value.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => value.value.clone(),
+        None => "anomaly".into(),
+    };
+    Some(AnomalySpec {
+        warmup: t.int(cx, "warmup", 1).map_or(warmup, |n| n.min(1 << 20) as usize),
+        threshold: t.float(cx, "threshold", 0.0, f64::MAX).unwrap_or(3.0),
+        prefix,
+        time: t.string(cx, "time"),
+        key_by: if t.get("key_by").is_some() { t.string_list(cx, "key_by") } else { None },
+        method,
+        key: t.key("anomaly"),
+        value,
     })
 }
 

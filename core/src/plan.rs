@@ -52,6 +52,21 @@ pub enum PlannedKind {
     Derive(Vec<(usize, String)>),
     /// Runs a model (the engine resolves it in the model registry).
     Score(Box<ScorePlan>),
+    /// Scores each value of a series against its own baseline.
+    Anomaly(Box<AnomalyPlan>),
+}
+
+/// An anomaly step after a window: where the series key, time and value are, and its outputs.
+#[derive(Debug, Clone)]
+pub struct AnomalyPlan {
+    pub spec: job::AnomalySpec,
+    /// Tenant and key fields' positions.
+    pub key_pos: Vec<usize>,
+    pub time_pos: usize,
+    /// Row positions of `<as>_score`, `<as>_baseline`, `<as>_is_anomaly`.
+    pub score_pos: usize,
+    pub baseline_pos: usize,
+    pub flag_pos: usize,
 }
 
 /// A score step: the model, its features and where its outputs go in the row.
@@ -100,14 +115,14 @@ pub fn check_feature(text: &str, schema: &Schema) -> Result<CompiledExpr, ExprEr
 }
 
 impl PlannedStep {
-    /// Compiles a filter or derive step (`None` for a score step, which the engine runs).
+    /// Compiles a filter or derive step (`None` for score and anomaly steps, which the engine runs).
     pub fn compile(&self) -> Option<CompiledStep> {
         match &self.kind {
             PlannedKind::Filter(text) => expr::compile(text, &self.schema).ok().map(CompiledStep::Filter),
             PlannedKind::Derive(fields) => Some(CompiledStep::Derive(
                 fields.iter().filter_map(|(pos, text)| expr::compile(text, &self.schema).ok().map(|e| (*pos, e))).collect(),
             )),
-            PlannedKind::Score(_) => None,
+            PlannedKind::Score(_) | PlannedKind::Anomaly(_) => None,
         }
     }
 }
@@ -230,6 +245,8 @@ pub(crate) struct V<'a> {
     pub(crate) file: &'a str,
     pub(crate) text: &'a str,
     pub(crate) errors: Vec<JobError>,
+    /// After a window: the series key (tenant and window key fields), which anomaly steps follow.
+    pub(crate) series: Option<Vec<String>>,
 }
 
 impl V<'_> {
@@ -343,6 +360,47 @@ impl V<'_> {
                     let plan =
                         ScorePlan { spec: (**spec).clone(), label_pos, class_pos, probability_pos, score_pos, origin, used: [true; 4] };
                     out.push(PlannedStep { schema: before, kind: PlannedKind::Score(Box::new(plan)) });
+                }
+                Step::Anomaly(spec) => {
+                    let Some(series) = self.series.clone() else {
+                        self.at(&spec.value, "an anomaly step scores a series of window results: put it after a `window` step".into());
+                        continue;
+                    };
+                    let before = schema.clone();
+                    if let Err(e) = check_feature(&spec.value.value, &before) {
+                        self.expr_err(&spec.value, e);
+                    }
+                    let mut key_pos = vec![0];
+                    match &spec.key_by {
+                        Some(keys) => key_pos.extend(keys.iter().filter_map(|k| self.field(&before, k)).map(|(p, _)| p)),
+                        None => key_pos.extend(series.iter().skip(1).filter_map(|k| before.lookup(k)).map(|(p, _)| p)),
+                    }
+                    let time = spec.time.clone().unwrap_or(Located {
+                        value: "window_start".into(),
+                        key: spec.key.clone(),
+                        span: spec.value.span.clone(),
+                    });
+                    let time_pos = match self.field(&before, &time) {
+                        Some((p, DataType::Timestamp)) => p,
+                        Some((_, t)) => {
+                            self.at(&time, format!("type error: `time` must be a timestamp field, found {t}"));
+                            0
+                        }
+                        None => 0,
+                    };
+                    let mut push = |name: String, ty| {
+                        schema.push_at(name, ty, *width);
+                        *width += 1;
+                        *width - 1
+                    };
+                    let p = &spec.prefix;
+                    let (score_pos, baseline_pos, flag_pos) = (
+                        push(format!("{p}_score"), DataType::Float),
+                        push(format!("{p}_baseline"), DataType::Float),
+                        push(format!("{p}_is_anomaly"), DataType::Bool),
+                    );
+                    let plan = AnomalyPlan { spec: (**spec).clone(), key_pos, time_pos, score_pos, baseline_pos, flag_pos };
+                    out.push(PlannedStep { schema: before, kind: PlannedKind::Anomaly(Box::new(plan)) });
                 }
                 Step::Window(_) | Step::Pattern(_) => {}
             }
@@ -472,7 +530,7 @@ impl V<'_> {
 
 /// Checks a parsed job against its own schema.
 pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors> {
-    let mut v = V { file, text, errors: Vec::new() };
+    let mut v = V { file, text, errors: Vec::new(), series: None };
     let input = Schema::new(spec.schema.fields.iter().map(|(n, t)| (n.value.clone(), *t)).collect());
     if input.is_empty() {
         v.at(&spec.schema.tenant, "the schema declares no fields (add a [schema.fields] table)".into());
@@ -627,7 +685,16 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
             }
             let mut width = out.len();
             let mut schema = out;
+            v.series = Some(std::iter::once(tenant_name.clone()).chain(w.key_by.iter().map(|k| k.value.clone())).collect());
+            if spec.time.late_policy == job::LatePolicy::Update {
+                for s in &after {
+                    if let Step::Anomaly(a) = s {
+                        v.at(&a.value, "an anomaly step learns from each window result once; late_policy = \"update\" sends results again: use \"drop\" or \"side_output\"".into());
+                    }
+                }
+            }
             let post = v.stateless(&after, &mut schema, &mut width);
+            v.series = None;
             (Some(WindowPlan { kind: w.kind, key_pos, aggs }), post, schema, width)
         }
         (None, None) => (None, Vec::new(), pre_schema.clone(), width),

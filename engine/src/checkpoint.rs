@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the state layout inside part files; a restore refuses other versions.
 /// 3: bincode with variable-length integers (window state a third smaller than version 2's).
 /// 4: the sink part holds the alert rules' state.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: a window part holds the baselines of the anomaly steps after the window; the manifest
+/// records the model versions of score steps.
+pub const FORMAT_VERSION: u32 = 5;
 const MAGIC: &[u8; 4] = b"TFCK";
 const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
 /// Environment variable holding the checkpoint key: 64 hex digits (256 bits).

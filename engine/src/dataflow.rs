@@ -410,10 +410,13 @@ fn window<'s>(
         // A restored store needs capabilities for the results it still owes.
         if let (Some(store), Some(bytes)) = (store.as_mut(), ckpt.as_ref().and_then(|c| c.restored_part(&format!("window-{me}"), &shared)))
         {
-            match checkpoint::decode(&bytes) {
-                Ok(snapshot) => {
+            match checkpoint::decode::<(tenantflow_operators::window::StoreSnapshot, _)>(&bytes) {
+                Ok((snapshot, baselines)) => {
                     for at in store.restore(snapshot) {
                         caps.insert(at, initial.delayed(&to_time(at)));
+                    }
+                    if let Err(e) = post.restore(baselines) {
+                        shared.error(format!("restore window-{me}: {e}"));
                     }
                 }
                 Err(e) => shared.error(format!("restore window-{me}: {e}")),
@@ -435,8 +438,9 @@ fn window<'s>(
                 if let Some((epoch, finished)) = barrier {
                     post.at_barrier(epoch);
                     if let Some(ck) = ckpt.as_ref() {
+                        // The windows, and the baselines of the anomaly steps after them.
                         match store.as_ref() {
-                            Some(s) => write_keyed_part(ck, epoch, me, &mut last_part_len, &s.snapshot_ref(), &shared),
+                            Some(s) => write_keyed_part(ck, epoch, me, &mut last_part_len, &(s.snapshot_ref(), post.snapshot()), &shared),
                             None => write_keyed_part(ck, epoch, me, &mut last_part_len, &(), &shared),
                         }
                     }

@@ -21,11 +21,12 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use tenantflow_core::expr::CompiledExpr;
-use tenantflow_core::job::{JobError, OnMissing, ScoreRuntime};
-use tenantflow_core::plan::{check_feature, PlannedKind, PlannedStep, ScorePlan};
+use tenantflow_core::job::{AnomalyMethod, JobError, OnMissing, ScoreRuntime};
+use tenantflow_core::plan::{check_feature, AnomalyPlan, PlannedKind, PlannedStep, ScorePlan};
 use tenantflow_core::{Plan, Schema, Value};
 use tenantflow_ml::registry::ModelMeta;
 use tenantflow_ml::{Model, Predictions, Registry, Runtime};
+use tenantflow_operators::anomaly::{Detector, Method, Snapshot as AnomalySnapshot};
 
 /// How often a job without checkpoints looks for a newly promoted version.
 pub const POLL_WITHOUT_CHECKPOINTS: Duration = Duration::from_secs(5);
@@ -578,10 +579,51 @@ impl Scorer {
     }
 }
 
-/// A stateless step on a worker: a compiled filter or derive, or a scorer.
+/// An anomaly step on a worker: the series it owns and their baselines.
+pub struct Anomalies {
+    plan: AnomalyPlan,
+    value: CompiledExpr,
+    detector: Detector,
+    key: Vec<Value>,
+}
+
+impl Anomalies {
+    fn new(plan: &AnomalyPlan, schema: &Schema) -> Result<Anomalies, String> {
+        let value = check_feature(&plan.spec.value.value, schema).map_err(|e| e.message)?;
+        let method = match plan.spec.method {
+            AnomalyMethod::Ewma { alpha } => Method::Ewma { alpha },
+            AnomalyMethod::Mad { window } => Method::Mad { window },
+            AnomalyMethod::Seasonal { period, bucket, seasons } => Method::Seasonal { period, bucket, seasons },
+        };
+        Ok(Anomalies { plan: plan.clone(), value, detector: Detector::new(method, plan.spec.warmup), key: Vec::new() })
+    }
+
+    /// Scores each kept row against its series' baseline, in the order given (each key's
+    /// window results come in event-time order).
+    fn run(&mut self, rows: &mut [&mut [Value]], keep: &[bool]) {
+        let p = &self.plan;
+        for (row, _) in rows.iter_mut().zip(keep).filter(|(_, k)| **k) {
+            self.key.clear();
+            self.key.extend(p.key_pos.iter().map(|&i| row[i].clone()));
+            let t = row[p.time_pos].as_i64().unwrap_or(0);
+            let scored = self.value.eval(row).as_f64().and_then(|x| self.detector.observe(&self.key, t, x));
+            let (score, baseline, flag) = match scored {
+                Some(s) => (Value::Float(s.score), Value::Float(s.baseline), Value::Bool(s.score.abs() >= p.spec.threshold)),
+                None => (Value::Null, Value::Null, Value::Null),
+            };
+            row[p.score_pos] = score;
+            row[p.baseline_pos] = baseline;
+            row[p.flag_pos] = flag;
+        }
+    }
+}
+
+/// A stateless step on a worker: a compiled filter or derive, or a scorer; or an anomaly step,
+/// whose baselines are checkpointed with the window state.
 pub enum Exec {
     Row(tenantflow_core::plan::CompiledStep),
     Score(Box<Scorer>),
+    Anomaly(Box<Anomalies>),
 }
 
 /// The stateless steps of a job stage (before or after the window), run over a chunk of rows.
@@ -598,6 +640,7 @@ impl Steps {
         let mut execs = Vec::new();
         for s in planned {
             match &s.kind {
+                PlannedKind::Anomaly(ap) => execs.push(Exec::Anomaly(Box::new(Anomalies::new(ap, &s.schema)?))),
                 PlannedKind::Score(sp) => {
                     let m = models
                         .iter()
@@ -608,7 +651,7 @@ impl Steps {
                 _ => execs.extend(s.compile().map(Exec::Row)),
             }
         }
-        let scorers = execs.iter().any(|e| matches!(e, Exec::Score(_)));
+        let scorers = execs.iter().any(|e| matches!(e, Exec::Score(_) | Exec::Anomaly(_)));
         Ok(Steps { execs, scorers })
     }
 
@@ -622,7 +665,7 @@ impl Steps {
     pub fn apply(&self, row: &mut [Value]) -> bool {
         self.execs.iter().all(|e| match e {
             Exec::Row(s) => s.apply(row),
-            Exec::Score(_) => true,
+            Exec::Score(_) | Exec::Anomaly(_) => true,
         })
     }
 
@@ -640,8 +683,30 @@ impl Steps {
                     }
                 }
                 Exec::Score(s) => s.score(rows, keep),
+                Exec::Anomaly(a) => a.run(rows, keep),
             }
         }
+    }
+
+    /// The anomaly steps' baselines, for a checkpoint.
+    pub fn snapshot(&self) -> Vec<AnomalySnapshot> {
+        self.execs
+            .iter()
+            .filter_map(|e| match e {
+                Exec::Anomaly(a) => Some(a.detector.snapshot()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn restore(&mut self, snapshots: Vec<AnomalySnapshot>) -> Result<(), String> {
+        let mut snapshots = snapshots.into_iter();
+        for e in &mut self.execs {
+            if let Exec::Anomaly(a) = e {
+                a.detector.restore(snapshots.next().unwrap_or_default())?;
+            }
+        }
+        Ok(())
     }
 
     /// At checkpoint barrier `epoch`: scorers take the versions decided for the next epoch.

@@ -5,6 +5,7 @@
 //! the engine wires these pieces into Timely operators.
 
 pub mod aggregate;
+pub mod anomaly;
 pub mod cep;
 pub mod window;
 

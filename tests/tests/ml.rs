@@ -393,3 +393,134 @@ fn the_churn_example_goes_from_kafka_through_the_model_to_clickhouse_and_alerts(
         hook.firing().iter().filter_map(|a| a["labels"]["user_id"].as_str().map(String::from)).collect();
     assert_eq!(alerted.len(), risky, "one alert per user at high risk");
 }
+
+/// Plays per tenant and track per minute over 300 minutes: about 20 a minute with noise, and
+/// one burst of 80 for `acme`/`t1` at minute 200.
+fn plays_per_minute(dir: &Path) -> PathBuf {
+    let mut lines = String::new();
+    let mut state = 7u64;
+    for minute in 0..300u64 {
+        for (tenant, track) in [("acme", "t1"), ("acme", "t2"), ("globex", "t1")] {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let burst = minute == 200 && tenant == "acme" && track == "t1";
+            let n = if burst { 80 } else { 18 + (state >> 60) };
+            for i in 0..n {
+                let secs = minute * 60 + i * 59 / n;
+                lines += &format!(
+                    "{{\"tenant_id\": \"{tenant}\", \"track_id\": \"{track}\", \"ts\": \"2026-03-01T{:02}:{:02}:{:02}Z\"}}\n",
+                    secs / 3600,
+                    secs / 60 % 60,
+                    secs % 60
+                );
+            }
+        }
+    }
+    let path = dir.join("plays.jsonl");
+    std::fs::write(&path, lines).expect("input");
+    path
+}
+
+fn anomaly_job(input: &Path, method: &str, extra: &str) -> String {
+    format!(
+        r#"
+name = "plays-anomaly"
+[source]
+type = "file"
+path = "{}"
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+track_id = "string"
+ts = "timestamp"
+[time]
+field = "ts"
+[[steps]]
+window = {{ type = "tumbling", size = "1m" }}
+key_by = ["track_id"]
+aggregates = {{ plays = "count(*)" }}
+[[steps]]
+anomaly = "plays"
+{method}
+[[steps]]
+select = ["tenant_id", "track_id", "window_start", "plays", "plays_score", "plays_baseline", "plays_is_anomaly"]
+[[sinks]]
+type = "file"
+path = "out.jsonl"
+{extra}
+"#,
+        input.display()
+    )
+}
+
+#[test]
+fn anomaly_steps_flag_the_burst_and_keep_their_baselines_across_restores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let input = plays_per_minute(d);
+    for method in [
+        "method = \"ewma\"\nalpha = 0.05",
+        "method = \"mad\"\nhistory = 60\nwarmup = 30",
+        "method = \"seasonal\"\nperiod = \"1h\"\nbucket = \"1m\"\nwarmup = 2\nthreshold = 4",
+    ] {
+        let (rows, _) = run_window(d, "anomaly", &anomaly_job(&input, method, ""), &[]);
+        assert_eq!(rows.len(), 900, "{method}");
+        let flagged: Vec<String> = rows
+            .iter()
+            .filter(|r| r["plays_is_anomaly"] == true)
+            .map(|r| format!("{}/{} {}", r["tenant_id"].as_str().unwrap_or(""), r["track_id"].as_str().unwrap_or(""), r["window_start"]))
+            .collect();
+        assert_eq!(flagged, ["acme/t1 \"2026-03-01T03:20:00.000Z\""], "{method}: only the burst is an anomaly");
+        // Each series warms up before it is scored.
+        let first = rows.iter().find(|r| r["track_id"] == "t2" && r["window_start"] == "2026-03-01T00:00:00.000Z").expect("first row");
+        assert!(first["plays_score"].is_null() && first["plays_is_anomaly"].is_null(), "{first}");
+    }
+    // Killed and restored runs give the crash-free output: the baselines are checkpointed.
+    let text = anomaly_job(
+        &input,
+        "method = \"mad\"\nhistory = 60",
+        "[checkpoint]\ndir = \"ck\"\ninterval = \"20ms\"\n[runtime]\nbatch_size = 64",
+    );
+    let (expected, _) = run_window(d, "crash-free", &text, &["--workers", "2"]);
+    let run = d.join("killed");
+    std::fs::create_dir_all(&run).expect("mkdir");
+    std::fs::write(run.join("job.toml"), &text).expect("job");
+    let (kills, _) = tenantflow_tests::run_with_kills(&run, &[120, 200, 250, 60_000]);
+    let mut got = read_jsonl(&run.join("out.jsonl"));
+    got.sort_by_key(|r| r["user_id"].as_str().unwrap_or("").to_string());
+    let key = |r: &Value| format!("{}{}{}", r["tenant_id"], r["track_id"], r["window_start"]);
+    let mut got: Vec<&Value> = got.iter().collect();
+    let mut expected: Vec<&Value> = expected.iter().collect();
+    got.sort_by_key(|r| key(r));
+    expected.sort_by_key(|r| key(r));
+    assert_eq!(got, expected, "after {kills} kills");
+    assert!(kills > 0, "the job should have been killed at least once");
+}
+
+#[test]
+fn bad_anomaly_steps_get_exact_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let input = plays_per_minute(d);
+    let base = anomaly_job(&input, "", "");
+    let check = |text: &str, expected: &str| {
+        std::fs::write(d.join("bad.toml"), text).expect("job");
+        let out = tf(d, &["validate", "bad.toml"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{expected}: {err}");
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    };
+    let before_window = base.replace("[[steps]]\nwindow", "[[steps]]\nanomaly = \"1\"\n[[steps]]\nwindow");
+    check(&before_window, "an anomaly step scores a series of window results: put it after a `window` step");
+    check(&base.replace("anomaly = \"plays\"", "anomaly = \"track_id\""), "a feature must be a number");
+    check(&base.replace("anomaly = \"plays\"", "anomaly = \"plays\"\ntime = \"plays\""), "`time` must be a timestamp field, found int");
+    check(
+        &base.replace("anomaly = \"plays\"", "anomaly = \"plays\"\nmethod = \"seasonal\"\nperiod = \"1h\"\nbucket = \"7m\""),
+        "a `bucket` that divides `period`",
+    );
+    check(&base.replace("anomaly = \"plays\"", "anomaly = \"plays\"\nmethod = \"median\""), "`steps[1].method`");
+    check(
+        &base.replace("field = \"ts\"", "field = \"ts\"\nlate_policy = \"update\"\nallowed_lateness = \"1m\""),
+        "late_policy = \"update\" sends results again",
+    );
+}
