@@ -499,6 +499,10 @@ fn summary(r: &RunReport, dead_path: &str) {
                 None => String::new(),
             }
         );
+        if m.drift_windows > 0 {
+            let psi: Vec<String> = m.drift.iter().map(|(f, p)| format!("{f} {p:.3}")).collect();
+            eprintln!("model {} drift (PSI, latest of {} windows): {}", m.model, m.drift_windows, psi.join(", "));
+        }
     }
     // The busiest tenants first; the rest summed, so a job with many tenants stays readable.
     let mut tenants: Vec<_> = r.tenants.iter().collect();

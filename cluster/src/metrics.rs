@@ -109,6 +109,12 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     let model_seconds = seconds_counter(&r, "model_seconds_total", "Time inside the model, summed over the workers", &model_labels)?;
     let model_version = gauge(&r, "model_version", "The live model version a score step uses", &model_labels)?;
     let model_swaps = counter(&r, "model_swaps_total", "Model version changes at checkpoint boundaries (per worker)", &model_labels)?;
+    let drift = gauge(
+        &r,
+        "model_feature_psi",
+        "Population stability index of a feature over the latest drift window, against the model's training distribution",
+        &["job_id", "step", "model", "feature"],
+    )?;
     let shadow_labels = ["job_id", "step", "model", "candidate"];
     let shadow_rows = counter(&r, "model_shadow_predictions_total", "Rows the shadow candidate also scored", &shadow_labels)?;
     let shadow_disagreements = counter(
@@ -234,6 +240,9 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             model_seconds.with_label_values(&labels).inc_by(m.model_seconds);
             model_version.with_label_values(&labels).set(m.version as f64);
             model_swaps.with_label_values(&labels).inc_by(m.swaps);
+            for (feature, psi) in &m.drift {
+                drift.with_label_values(&[id.as_str(), m.step.as_str(), m.model.as_str(), feature.as_str()]).set(*psi);
+            }
             if let Some(candidate) = m.shadow_version {
                 let c = candidate.to_string();
                 let labels = [id.as_str(), m.step.as_str(), m.model.as_str(), c.as_str()];

@@ -359,7 +359,8 @@ pub struct ScoreSpec {
     pub version: Option<u32>,
     /// One expression per model input column; empty: the model's own feature mapping.
     pub features: Vec<Located<String>>,
-    /// Prefix of the output fields `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`.
+    /// Prefix of the output fields `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`,
+    /// `<as>_drift`.
     pub prefix: String,
     pub runtime: ScoreRuntime,
     /// Rows per model call.
@@ -371,7 +372,12 @@ pub struct ScoreSpec {
     pub default: f64,
     /// Also score with the registry's shadow candidate and count disagreements.
     pub shadow: bool,
+    /// Rows (over the process's workers) per drift measurement; 0: none.
+    pub drift_window: u64,
 }
+
+/// Rows per drift measurement unless `drift_window` says otherwise.
+pub const DEFAULT_DRIFT_WINDOW: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScoreRuntime {
@@ -1302,7 +1308,10 @@ fn read_pattern(cx: &mut Cx, t: &T) -> Option<PatternSpec> {
 }
 
 fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
-    t.check_keys(cx, &["score", "version", "features", "as", "runtime", "batch_size", "threads", "on_missing", "default", "shadow"]);
+    t.check_keys(
+        cx,
+        &["score", "version", "features", "as", "runtime", "batch_size", "threads", "on_missing", "default", "shadow", "drift_window"],
+    );
     let model = t.required_string(cx, "score", "the name of a model in the registry, e.g. \"churn-risk\"")?;
     let runtime = t.choice(
         cx,
@@ -1329,6 +1338,7 @@ fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
         on_missing,
         default: t.float(cx, "default", f64::MIN, f64::MAX).unwrap_or(0.0),
         shadow: t.boolean(cx, "shadow").unwrap_or(true),
+        drift_window: t.int(cx, "drift_window", 0).map_or(DEFAULT_DRIFT_WINDOW, |n| n as u64),
         model,
     })
 }

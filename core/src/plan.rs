@@ -73,16 +73,19 @@ pub struct AnomalyPlan {
 #[derive(Debug, Clone)]
 pub struct ScorePlan {
     pub spec: job::ScoreSpec,
-    /// Row positions of `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`.
+    /// Row positions of `<as>_label`, `<as>_class`, `<as>_probability`, `<as>_score`,
+    /// `<as>_drift`.
     pub label_pos: usize,
     pub class_pos: usize,
     pub probability_pos: usize,
     pub score_pos: usize,
+    pub drift_pos: usize,
     /// Where the step is in the job file, for errors found when the model is resolved (the
     /// message is filled in then).
     pub origin: JobError,
-    /// Which outputs (label, class, probability, score) anything reads; the others stay NULL.
-    pub used: [bool; 4],
+    /// Which outputs (label, class, probability, score, drift) anything reads; the others stay
+    /// NULL.
+    pub used: [bool; 5],
 }
 
 impl ScorePlan {
@@ -92,12 +95,13 @@ impl ScorePlan {
 }
 
 /// The fields a score step adds, in order, for a prefix.
-pub fn score_fields(prefix: &str) -> [(String, DataType); 4] {
+pub fn score_fields(prefix: &str) -> [(String, DataType); 5] {
     [
         (format!("{prefix}_label"), DataType::Int),
         (format!("{prefix}_class"), DataType::String),
         (format!("{prefix}_probability"), DataType::Float),
         (format!("{prefix}_score"), DataType::Float),
+        (format!("{prefix}_drift"), DataType::Float),
     ]
 }
 
@@ -351,14 +355,22 @@ impl V<'_> {
                             self.expr_err(f, e);
                         }
                     }
-                    let [label_pos, class_pos, probability_pos, score_pos] = score_fields(&spec.prefix).map(|(name, ty)| {
+                    let [label_pos, class_pos, probability_pos, score_pos, drift_pos] = score_fields(&spec.prefix).map(|(name, ty)| {
                         schema.push_at(name, ty, *width);
                         *width += 1;
                         *width - 1
                     });
                     let origin = job::value_error(self.file, self.text, &spec.model, 1, 1, String::new());
-                    let plan =
-                        ScorePlan { spec: (**spec).clone(), label_pos, class_pos, probability_pos, score_pos, origin, used: [true; 4] };
+                    let plan = ScorePlan {
+                        spec: (**spec).clone(),
+                        label_pos,
+                        class_pos,
+                        probability_pos,
+                        score_pos,
+                        drift_pos,
+                        origin,
+                        used: [true; 5],
+                    };
                     out.push(PlannedStep { schema: before, kind: PlannedKind::Score(Box::new(plan)) });
                 }
                 Step::Anomaly(spec) => {

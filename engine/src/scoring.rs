@@ -94,6 +94,9 @@ pub struct ModelReport {
     pub shadow_disagreements: u64,
     pub shadow_mean_abs_diff: f64,
     pub swaps: u64,
+    /// The latest drift window's PSI per feature (features with a training distribution).
+    pub drift: BTreeMap<String, f64>,
+    pub drift_windows: u64,
 }
 
 /// One score step of a job on this process: the resolved model, the version decisions and the
@@ -110,6 +113,56 @@ pub struct ScoreModel {
     cache: Mutex<HashMap<u32, Arc<Loaded>>>,
     /// `native` or `onnx`: which scorer runs the live version.
     runtime_used: Mutex<String>,
+    /// Drift of the features from the live version's training distribution.
+    drift: Mutex<Drift>,
+    /// The latest drift window's largest PSI (f64 bits; NaN: none yet), which rows carry.
+    drift_max: AtomicU64,
+}
+
+/// Bin counts of the features the workers scored since the last drift measurement, and the
+/// last measurement: the population stability index per feature,
+/// `sum((a - e) ln(a / e))` over the training distribution's bins (`e`) and this window's
+/// (`a`); empty bins count as 1e-4 so the logarithm stays finite.
+#[derive(Default)]
+struct Drift {
+    version: u32,
+    counts: Vec<u64>,
+    rows: u64,
+    /// (feature name, PSI) of the latest window.
+    psi: Vec<(String, f64)>,
+    windows: u64,
+}
+
+/// Per feature: its name and training distribution (bin edges, expected shares), if the model's
+/// metadata has one.
+type Bins = Vec<Option<(String, Vec<f64>, Vec<f64>)>>;
+
+fn bins_of(meta: &ModelMeta) -> Bins {
+    meta.features
+        .iter()
+        .map(|f| {
+            let d = meta.training.distribution.get(f)?;
+            (d.fractions.len() == d.edges.len() + 1).then(|| (f.clone(), d.edges.clone(), d.fractions.clone()))
+        })
+        .collect()
+}
+
+/// A feature value's bin: values below the first edge are bin 0, at or above the last the last.
+#[inline]
+fn bin(edges: &[f64], x: f32) -> usize {
+    edges.partition_point(|e| *e <= x as f64)
+}
+
+fn psi(expected: &[f64], counts: &[u64], rows: u64) -> f64 {
+    const EMPTY: f64 = 1e-4;
+    expected
+        .iter()
+        .zip(counts)
+        .map(|(e, c)| {
+            let (e, a) = (e.max(EMPTY), (*c as f64 / rows.max(1) as f64).max(EMPTY));
+            (a - e) * (a / e).ln()
+        })
+        .sum()
 }
 
 struct Switch {
@@ -250,7 +303,47 @@ impl ScoreModel {
                 0.0
             },
             swaps: s.swaps.load(Relaxed),
+            drift: self.drift.lock().map(|d| d.psi.iter().cloned().collect()).unwrap_or_default(),
+            drift_windows: self.drift.lock().map(|d| d.windows).unwrap_or(0),
         }
+    }
+
+    /// Adds one worker's bin counts of `rows` rows scored by `version`; measures the drift
+    /// once the window is full.
+    fn add_drift(&self, version: u32, bins: &Bins, counts: &mut [u64], rows: u64) {
+        let window = self.plan.spec.drift_window;
+        let Ok(mut d) = self.drift.lock() else { return };
+        if d.version != version || d.counts.len() != counts.len() {
+            // Another version's distribution: start over.
+            d.version = version;
+            d.counts = vec![0; counts.len()];
+            d.rows = 0;
+        }
+        for (total, c) in d.counts.iter_mut().zip(counts.iter_mut()) {
+            *total += std::mem::take(c);
+        }
+        d.rows += rows;
+        if window == 0 || d.rows < window {
+            return;
+        }
+        let mut at = 0;
+        let mut measured = Vec::new();
+        for (name, _, expected) in bins.iter().flatten() {
+            let n = expected.len();
+            measured.push((name.clone(), psi(expected, &d.counts[at..at + n], d.rows)));
+            at += n;
+        }
+        let max = measured.iter().map(|(_, p)| *p).fold(f64::NAN, f64::max);
+        self.drift_max.store(max.to_bits(), Relaxed);
+        d.psi = measured;
+        d.windows += 1;
+        d.counts.iter_mut().for_each(|c| *c = 0);
+        d.rows = 0;
+    }
+
+    /// The latest drift window's largest PSI, if one was measured.
+    fn current_drift(&self) -> Option<f64> {
+        Some(f64::from_bits(self.drift_max.load(Relaxed))).filter(|d| !d.is_nan())
     }
 
     /// The decision recorded for checkpoint `epoch`; older decisions are forgotten.
@@ -282,6 +375,8 @@ pub fn resolve(plan: &Plan, cfg: &ModelConfig, restored: &BTreeMap<String, Versi
             switch: Mutex::new(Switch { current: Versions { live: 0, shadow: None }, by_epoch: BTreeMap::new(), polled: Instant::now() }),
             cache: Mutex::new(HashMap::new()),
             runtime_used: Mutex::new(String::new()),
+            drift: Mutex::new(Drift::default()),
+            drift_max: AtomicU64::new(f64::NAN.to_bits()),
         };
         let versions = match restored.get(model.key()) {
             Some(v) => Ok(*v),
@@ -352,6 +447,10 @@ struct Running {
     class_names: Vec<CompactString>,
     x: Vec<f32>,
     out: Predictions,
+    /// Training distributions per feature, and this worker's bin counts since the last flush
+    /// (features with a distribution, their bins in order).
+    bins: Bins,
+    counts: Vec<u64>,
 }
 
 impl Running {
@@ -365,7 +464,26 @@ impl Running {
             class_names: loaded.meta.class_names.iter().map(CompactString::from).collect(),
             x: Vec::new(),
             out: Predictions::default(),
+            counts: vec![0; bins_of(&loaded.meta).iter().flatten().map(|(_, _, e)| e.len()).sum()],
+            bins: bins_of(&loaded.meta),
         })
+    }
+
+    /// Counts the bins of the `n` rows of features in `x`.
+    fn count_bins(&mut self, n: usize) {
+        if self.counts.is_empty() {
+            return;
+        }
+        let width = self.features.len();
+        for row in self.x[..n * width].chunks_exact(width) {
+            let mut at = 0;
+            for (x, b) in row.iter().zip(&self.bins) {
+                if let Some((_, edges, expected)) = b {
+                    self.counts[at + bin(edges, *x)] += 1;
+                    at += expected.len();
+                }
+            }
+        }
     }
 
     /// Fills `x` with the features of `rows` (indexes into `all`). Rows with a missing feature
@@ -497,6 +615,11 @@ impl Scorer {
         if skipped > 0 {
             stats.skipped.fetch_add(skipped as u64, Relaxed);
         }
+        if m.plan.spec.drift_window > 0 && !self.live.counts.is_empty() {
+            self.live.count_bins(n);
+            m.add_drift(self.live.version, &self.live.bins, &mut self.live.counts, n as u64);
+        }
+        let drift = m.current_drift().map_or(Value::Null, Value::Float);
         let started = Instant::now();
         let result = self.live.model.predict(&self.live.x, n, &mut self.live.out);
         stats.model_ns.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
@@ -511,6 +634,9 @@ impl Scorer {
         let mut j = 0;
         for (k, &r) in self.batch.iter().enumerate() {
             let row = &mut rows[r];
+            if p.used[4] {
+                row[p.drift_pos] = drift.clone();
+            }
             if !self.ok[k] || result.is_err() {
                 for pos in [p.label_pos, p.class_pos, p.probability_pos, p.score_pos] {
                     row[pos] = Value::Null;
@@ -519,7 +645,7 @@ impl Scorer {
             }
             let out = &self.live.out;
             let label = out.label(j);
-            let [label_used, class_used, probability_used, score_used] = p.used;
+            let [label_used, class_used, probability_used, score_used, _] = p.used;
             if label_used {
                 row[p.label_pos] = label.map_or(Value::Null, Value::Int);
             }

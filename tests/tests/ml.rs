@@ -524,3 +524,35 @@ fn bad_anomaly_steps_get_exact_errors() {
         "late_policy = \"update\" sends results again",
     );
 }
+
+#[test]
+fn drift_from_the_training_distribution_is_measured_and_reaches_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    registry(d);
+    let with = |features: &str| {
+        window_job("drift_window = 200\nbatch_size = 100")
+            .replace("features = [\"plays\", \"skips\", \"likes\", \"failed_payments\", \"listen_minutes\"]", features)
+            .replace("\"churn_label\", \"churn_probability\"]", "\"churn_label\", \"churn_probability\", \"churn_drift\"]")
+    };
+    let psi = |err: &str, feature: &str| -> f64 {
+        let line = err.lines().find(|l| l.contains("drift (PSI, latest of 2 windows)")).unwrap_or_else(|| panic!("no drift line:\n{err}"));
+        let at = line.find(&format!("{feature} ")).unwrap_or_else(|| panic!("no {feature} in {line}"));
+        line[at + feature.len() + 1..].split(',').next().and_then(|v| v.trim().parse().ok()).expect("a number")
+    };
+    // The example's events are drawn like the training data: little drift.
+    let (rows, err) =
+        run_window(d, "same", &with("features = [\"plays\", \"skips\", \"likes\", \"failed_payments\", \"listen_minutes\"]"), &[]);
+    for f in ["plays", "skips", "likes", "failed_payments", "listen_minutes"] {
+        assert!(psi(&err, f) < 0.2, "{f}: {err}");
+    }
+    // Rows scored after the first window carry its largest PSI.
+    let drifts: Vec<f64> = rows.iter().filter_map(|r| r["churn_drift"].as_f64()).collect();
+    assert!(!drifts.is_empty() && drifts.iter().all(|d| *d < 0.2), "{drifts:?}");
+    // Three times the plays: plays (and only plays) drifts far.
+    let (rows, err) =
+        run_window(d, "shifted", &with("features = [\"plays * 3\", \"skips\", \"likes\", \"failed_payments\", \"listen_minutes\"]"), &[]);
+    assert!(psi(&err, "plays") > 1.0, "{err}");
+    assert!(psi(&err, "skips") < 0.2, "{err}");
+    assert!(rows.iter().filter_map(|r| r["churn_drift"].as_f64()).all(|d| d > 1.0));
+}
