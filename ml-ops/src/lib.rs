@@ -6,6 +6,7 @@
 //! Nothing here knows about dataflows: a scorer takes rows of `f32` features and fills
 //! [`Predictions`].
 
+pub mod audio;
 pub mod model;
 pub mod native;
 pub mod onnx;

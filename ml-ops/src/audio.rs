@@ -1,0 +1,319 @@
+//! Audio features on `rustfft`, with librosa's definitions and defaults (librosa 0.11): the
+//! short-time Fourier transform (2048-sample periodic Hann frames every 512 samples, centred on
+//! zero padding), power and mel spectrograms (128 Slaney-scale bands, Slaney norm), MFCC (20
+//! coefficients: orthonormal DCT-II of the mel power in dB, floored 80 dB below the clip's
+//! peak), chroma (12 pitch classes, tuning 0), spectral centroid and 85% rolloff (on magnitude),
+//! zero-crossing rate (edge-padded frames) and RMS (zero-padded frames).
+//!
+//! `ml-ops/tests/audio.rs` compares every feature with librosa's own output on synthetic signals
+//! and a real music clip (`scripts/ml/audio_reference.py` made the references).
+
+use std::sync::Arc;
+
+use rustfft::num_complex::Complex;
+use rustfft::{Fft, FftPlanner};
+
+/// librosa's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    pub n_fft: usize,
+    pub hop: usize,
+    pub n_mels: usize,
+    pub n_mfcc: usize,
+    pub top_db: f64,
+    pub roll_percent: f64,
+}
+
+impl Default for Params {
+    fn default() -> Params {
+        Params { n_fft: 2048, hop: 512, n_mels: 128, n_mfcc: 20, top_db: 80.0, roll_percent: 0.85 }
+    }
+}
+
+/// A clip's features, one column per frame; matrices are row-major (`rows x frames`).
+#[derive(Debug, Clone, Default)]
+pub struct Features {
+    pub frames: usize,
+    /// `n_fft / 2 + 1` x frames.
+    pub power: Vec<f64>,
+    /// `n_mels` x frames.
+    pub mel: Vec<f64>,
+    /// `n_mfcc` x frames.
+    pub mfcc: Vec<f64>,
+    /// 12 x frames.
+    pub chroma: Vec<f64>,
+    pub centroid: Vec<f64>,
+    pub rolloff: Vec<f64>,
+    pub zcr: Vec<f64>,
+    pub rms: Vec<f64>,
+}
+
+impl Features {
+    /// Row `r` of a `rows x frames` matrix.
+    pub fn row<'a>(&self, m: &'a [f64], r: usize) -> &'a [f64] {
+        &m[r * self.frames..(r + 1) * self.frames]
+    }
+}
+
+/// Feature extraction for one sample rate; reuse it across clips (the FFT plan and the filter
+/// banks are built once).
+pub struct Extractor {
+    sr: f64,
+    p: Params,
+    window: Vec<f64>,
+    fft: Arc<dyn Fft<f64>>,
+    /// Per mel band: first FFT bin and weights.
+    mel: Vec<(usize, Vec<f64>)>,
+    /// `n_mfcc x n_mels`.
+    dct: Vec<f64>,
+    /// `12 x bins`.
+    chroma: Vec<f64>,
+    freqs: Vec<f64>,
+    buf: Vec<Complex<f64>>,
+    scratch: Vec<Complex<f64>>,
+}
+
+fn hz_to_mel(f: f64) -> f64 {
+    // Slaney: linear below 1 kHz, logarithmic above.
+    let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = 6.4f64.ln() / 27.0;
+    if f >= min_log_hz {
+        min_log_mel + (f / min_log_hz).ln() / logstep
+    } else {
+        f / f_sp
+    }
+}
+
+fn mel_to_hz(m: f64) -> f64 {
+    let (f_sp, min_log_hz) = (200.0 / 3.0, 1000.0);
+    let min_log_mel = min_log_hz / f_sp;
+    let logstep = 6.4f64.ln() / 27.0;
+    if m >= min_log_mel {
+        min_log_hz * (logstep * (m - min_log_mel)).exp()
+    } else {
+        f_sp * m
+    }
+}
+
+impl Extractor {
+    pub fn new(sample_rate: u32, p: Params) -> Extractor {
+        let sr = sample_rate as f64;
+        let n = p.n_fft;
+        let bins = n / 2 + 1;
+        let window = (0..n).map(|i| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos()).collect();
+        let fft = FftPlanner::new().plan_fft_forward(n);
+        let freqs: Vec<f64> = (0..bins).map(|k| k as f64 * sr / n as f64).collect();
+        // Mel filter bank: triangles between consecutive mel frequencies, Slaney-normalised.
+        let (lo, hi) = (hz_to_mel(0.0), hz_to_mel(sr / 2.0));
+        let mel_f: Vec<f64> = (0..p.n_mels + 2).map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (p.n_mels + 1) as f64)).collect();
+        let mel = (0..p.n_mels)
+            .map(|m| {
+                let enorm = 2.0 / (mel_f[m + 2] - mel_f[m]);
+                let w: Vec<f64> = freqs
+                    .iter()
+                    .map(|f| {
+                        let lower = (f - mel_f[m]) / (mel_f[m + 1] - mel_f[m]);
+                        let upper = (mel_f[m + 2] - f) / (mel_f[m + 2] - mel_f[m + 1]);
+                        // librosa keeps its filter bank in float32.
+                        (lower.min(upper).max(0.0) * enorm) as f32 as f64
+                    })
+                    .collect();
+                let first = w.iter().position(|v| *v > 0.0).unwrap_or(w.len());
+                let last = w.iter().rposition(|v| *v > 0.0).map_or(first, |l| l + 1);
+                (first, w[first..last].to_vec())
+            })
+            .collect();
+        let nm = p.n_mels as f64;
+        let dct = (0..p.n_mfcc)
+            .flat_map(|k| {
+                (0..p.n_mels).map(move |i| {
+                    let scale = if k == 0 { (1.0 / nm).sqrt() } else { (2.0 / nm).sqrt() };
+                    scale * (std::f64::consts::PI * k as f64 * (2 * i + 1) as f64 / (2.0 * nm)).cos()
+                })
+            })
+            .collect();
+        Extractor {
+            chroma: chroma_filters(sr, n),
+            sr,
+            p,
+            window,
+            fft,
+            mel,
+            dct,
+            freqs,
+            buf: vec![Complex::default(); n],
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn sample_rate(&self) -> f64 {
+        self.sr
+    }
+
+    /// Number of frames for `samples` samples.
+    pub fn frames(&self, samples: usize) -> usize {
+        1 + samples / self.p.hop
+    }
+
+    /// Every feature of a clip (samples in [-1, 1]).
+    pub fn extract(&mut self, y: &[f32]) -> Features {
+        let (n, hop) = (self.p.n_fft, self.p.hop);
+        let bins = n / 2 + 1;
+        let frames = self.frames(y.len());
+        let half = (n / 2) as isize;
+        let mut f = Features { frames, power: vec![0.0; bins * frames], ..Features::default() };
+        let mut magnitude = vec![0.0; bins * frames];
+        self.scratch.resize(self.fft.get_inplace_scratch_len(), Complex::default());
+        for t in 0..frames {
+            for (i, c) in self.buf.iter_mut().enumerate() {
+                // Centred frames over zero padding.
+                let at = (t * hop) as isize + i as isize - half;
+                let v = if at >= 0 && (at as usize) < y.len() { y[at as usize] as f64 } else { 0.0 };
+                *c = Complex::new(v * self.window[i], 0.0);
+            }
+            self.fft.process_with_scratch(&mut self.buf, &mut self.scratch);
+            for k in 0..bins {
+                let p = self.buf[k].norm_sqr();
+                f.power[k * frames + t] = p;
+                magnitude[k * frames + t] = p.sqrt();
+            }
+        }
+        // Mel power, then MFCC from its dB values (floored top_db below the clip's peak).
+        f.mel = vec![0.0; self.p.n_mels * frames];
+        for (m, (first, w)) in self.mel.iter().enumerate() {
+            for t in 0..frames {
+                f.mel[m * frames + t] = w.iter().enumerate().map(|(j, w)| w * f.power[(first + j) * frames + t]).sum();
+            }
+        }
+        let db: Vec<f64> = f.mel.iter().map(|v| 10.0 * v.max(1e-10).log10()).collect();
+        let floor = db.iter().copied().fold(f64::MIN, f64::max) - self.p.top_db;
+        let db: Vec<f64> = db.into_iter().map(|v| v.max(floor)).collect();
+        f.mfcc = vec![0.0; self.p.n_mfcc * frames];
+        for k in 0..self.p.n_mfcc {
+            let basis = &self.dct[k * self.p.n_mels..(k + 1) * self.p.n_mels];
+            for t in 0..frames {
+                f.mfcc[k * frames + t] = basis.iter().enumerate().map(|(i, b)| b * db[i * frames + t]).sum();
+            }
+        }
+        // Chroma: the filter bank on power, each frame scaled to a maximum of 1.
+        f.chroma = vec![0.0; 12 * frames];
+        for t in 0..frames {
+            let mut max = 0.0f64;
+            for c in 0..12 {
+                let w = &self.chroma[c * bins..(c + 1) * bins];
+                let v: f64 = w.iter().enumerate().map(|(k, w)| w * f.power[k * frames + t]).sum();
+                f.chroma[c * frames + t] = v;
+                max = max.max(v.abs());
+            }
+            if max > f64::MIN_POSITIVE {
+                (0..12).for_each(|c| f.chroma[c * frames + t] /= max);
+            }
+        }
+        // Centroid and rolloff on magnitude.
+        f.centroid = vec![0.0; frames];
+        f.rolloff = vec![0.0; frames];
+        for t in 0..frames {
+            let column = (0..bins).map(|k| magnitude[k * frames + t]);
+            let total: f64 = column.clone().sum();
+            if total > f64::MIN_POSITIVE {
+                f.centroid[t] = column.clone().zip(&self.freqs).map(|(s, fr)| s * fr).sum::<f64>() / total;
+            }
+            let threshold = self.p.roll_percent * total;
+            let mut cumulative = 0.0;
+            for (k, s) in column.enumerate() {
+                cumulative += s;
+                if cumulative >= threshold {
+                    f.rolloff[t] = self.freqs[k];
+                    break;
+                }
+            }
+        }
+        // Zero-crossing rate over edge-padded frames; RMS over zero-padded ones.
+        f.zcr = vec![0.0; frames];
+        f.rms = vec![0.0; frames];
+        let edge = |at: isize| -> f32 {
+            if y.is_empty() {
+                0.0
+            } else {
+                y[at.clamp(0, y.len() as isize - 1) as usize]
+            }
+        };
+        for t in 0..frames {
+            let start = (t * hop) as isize - half;
+            let mut crossings = 0;
+            let mut previous = edge(start);
+            let mut energy = 0.0;
+            for i in 0..n as isize {
+                let at = start + i;
+                let v = edge(at);
+                // librosa treats values within 1e-10 of zero as zero, and zero as positive.
+                let sign = |v: f32| v.abs() > 1e-10 && v.is_sign_negative();
+                if i > 0 && sign(v) != sign(previous) {
+                    crossings += 1;
+                }
+                previous = v;
+                if at >= 0 && (at as usize) < y.len() {
+                    energy += (y[at as usize] as f64).powi(2);
+                }
+            }
+            f.zcr[t] = crossings as f64 / n as f64;
+            f.rms[t] = (energy / n as f64).sqrt();
+        }
+        f
+    }
+}
+
+/// librosa's chroma filter bank (`filters.chroma`, tuning 0): Gaussian bumps around each pitch
+/// class, column-normalised, weighted towards octave 5, starting at C; `12 x (n_fft / 2 + 1)`.
+fn chroma_filters(sr: f64, n_fft: usize) -> Vec<f64> {
+    let n_chroma = 12.0f64;
+    let bins = n_fft / 2 + 1;
+    let a440 = 440.0f64;
+    // Frequency of each FFT bin in chroma bins (12 per octave); bin 0 is made 1.5 octaves below bin 1.
+    let mut frqbins: Vec<f64> = (1..n_fft).map(|k| n_chroma * (k as f64 * sr / n_fft as f64 / (a440 / 16.0)).log2()).collect();
+    frqbins.insert(0, frqbins[0] - 1.5 * n_chroma);
+    let mut width: Vec<f64> = frqbins.windows(2).map(|w| (w[1] - w[0]).max(1.0)).collect();
+    width.push(1.0);
+    let half = (n_chroma / 2.0).round();
+    let mut wts = vec![0.0f64; 12 * n_fft];
+    for (k, (fb, bw)) in frqbins.iter().zip(&width).enumerate() {
+        for c in 0..12 {
+            let d = (fb - c as f64 + half + 10.0 * n_chroma).rem_euclid(n_chroma) - half;
+            wts[c * n_fft + k] = (-0.5 * (2.0 * d / bw).powi(2)).exp();
+        }
+    }
+    for k in 0..n_fft {
+        let norm = (0..12).map(|c| wts[c * n_fft + k].powi(2)).sum::<f64>().sqrt();
+        let octave = (-0.5 * ((frqbins[k] / n_chroma - 5.0) / 2.0).powi(2)).exp();
+        for c in 0..12 {
+            let w = &mut wts[c * n_fft + k];
+            if norm > f64::MIN_POSITIVE {
+                *w /= norm;
+            }
+            *w *= octave;
+        }
+    }
+    // Start at C (roll by -3 rows), keep the non-aliased bins, in float32 as librosa does.
+    let mut out = vec![0.0; 12 * bins];
+    for c in 0..12 {
+        let from = (c + 3) % 12;
+        for k in 0..bins {
+            out[c * bins + k] = wts[from * n_fft + k] as f32 as f64;
+        }
+    }
+    out
+}
+
+/// Reads a 16-bit PCM WAV file (mono, or the first channel) as samples in [-1, 1).
+pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<f32>), String> {
+    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a WAV file: {e}"))?;
+    let spec = reader.spec();
+    if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
+        return Err(format!("{}-bit {:?} WAV: expected 16-bit PCM", spec.bits_per_sample, spec.sample_format));
+    }
+    let channels = spec.channels.max(1) as usize;
+    let samples: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
+    let samples = samples.map_err(|e| format!("bad WAV data: {e}"))?;
+    Ok((spec.sample_rate, samples.iter().step_by(channels).map(|s| *s as f32 / 32768.0).collect()))
+}
