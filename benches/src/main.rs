@@ -13,11 +13,13 @@
 //!
 //!     cargo run --release -p tenantflow-benches -- --config kafka --workers 1
 //!
-//! ML scoring (issue #7): `--only score`, see `score.rs`.
+//! ML scoring (issue #7): `--only score`, see `score.rs`; audio features vs librosa: `--only
+//! audio`, see `audio.rs`.
 //!
 //! Cluster (issue #4): submit-to-running latency on a 2-process cluster (`cluster_submit`; it
 //! starts target/release/tenantflow, so `cargo build --release --bins` first).
 
+mod audio;
 mod score;
 
 use std::collections::HashMap;
@@ -55,6 +57,7 @@ const CONFIGS: &[(&str, usize)] = &[
     ("cep", 1),
     ("cep", 2),
     ("score", 1),
+    ("audio", 1),
 ];
 
 fn job(source: &str, events: u64) -> String {
@@ -298,6 +301,12 @@ fn run_one(name: &str, workers: usize, events: u64) -> anyhow::Result<serde_json
         "alert_rules" => return alert_bench((events / 5).min(10_000_000), workers),
         "cep" => return cep_bench((events / 5).min(10_000_000), workers),
         "score" => return score::score_bench(events),
+        "audio" => {
+            for line in audio::audio_bench()? {
+                println!("{line}");
+            }
+            return Ok(serde_json::json!({"name": "audio_done"}));
+        }
         other => bail!("unknown configuration {other}"),
     };
     Ok(result(name, workers, measured_events, start.elapsed().as_secs_f64(), cpu_seconds() - cpu0))

@@ -313,7 +313,33 @@ pub enum Step {
     Pattern(Box<PatternSpec>),
     Score(Box<ScoreSpec>),
     Anomaly(Box<AnomalySpec>),
+    Audio(Box<AudioSpec>),
 }
+
+/// An `audio` step: features of the audio clip each row carries or names (docs/ml.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioSpec {
+    /// The string field with the clip.
+    pub field: Located<String>,
+    pub format: AudioFormat,
+    /// Samples per second of raw PCM (WAV files carry their own).
+    pub sample_rate: u32,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AudioFormat {
+    /// A path to a 16-bit PCM WAV file.
+    WavPath,
+    /// A 16-bit PCM WAV file, base64.
+    WavBase64,
+    /// Raw 16-bit little-endian mono PCM, base64.
+    Pcm16Base64,
+}
+
+/// MFCC means and chroma means an audio step outputs.
+pub const AUDIO_MFCC: usize = 20;
+pub const AUDIO_CHROMA: usize = 12;
 
 /// An `anomaly` step: scores each value of a series (tenant and key) against the series' own
 /// baseline (docs/ml.md).
@@ -1201,7 +1227,7 @@ fn read_time(cx: &mut Cx, root: &T) -> Option<TimeSpec> {
 }
 
 fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
-    let verbs = ["filter", "derive", "select", "window", "pattern", "score", "anomaly"];
+    let verbs = ["filter", "derive", "select", "window", "pattern", "score", "anomaly", "audio"];
     let present: Vec<&str> = verbs.iter().copied().filter(|v| t.get(v).is_some()).collect();
     match present.as_slice() {
         ["filter"] => {
@@ -1263,6 +1289,7 @@ fn read_step(cx: &mut Cx, t: &T) -> Option<Step> {
         ["pattern"] => read_pattern(cx, t).map(|p| Step::Pattern(Box::new(p))),
         ["score"] => read_score(cx, t).map(|s| Step::Score(Box::new(s))),
         ["anomaly"] => read_anomaly(cx, t).map(|s| Step::Anomaly(Box::new(s))),
+        ["audio"] => read_audio(cx, t).map(|s| Step::Audio(Box::new(s))),
         [] => {
             cx.err(&t.span, &t.path, format!("a step needs one of: {}", verbs.join(", ")));
             None
@@ -1393,6 +1420,26 @@ fn read_anomaly(cx: &mut Cx, t: &T) -> Option<AnomalySpec> {
         key: t.key("anomaly"),
         value,
     })
+}
+
+fn read_audio(cx: &mut Cx, t: &T) -> Option<AudioSpec> {
+    t.check_keys(cx, &["audio", "format", "sample_rate", "as"]);
+    let field = t.required_string(cx, "audio", "the string field with the clip, e.g. \"clip_path\"")?;
+    let format = t.choice(
+        cx,
+        "format",
+        &[("wav_path", AudioFormat::WavPath), ("wav_base64", AudioFormat::WavBase64), ("pcm16_base64", AudioFormat::Pcm16Base64)],
+        Some(AudioFormat::WavPath),
+    )?;
+    let prefix = match t.string(cx, "as") {
+        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
+        Some(p) => {
+            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
+            return None;
+        }
+        None => "audio".into(),
+    };
+    Some(AudioSpec { sample_rate: t.int(cx, "sample_rate", 1000).map_or(22_050, |n| n.min(384_000) as u32), format, prefix, field })
 }
 
 fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {

@@ -54,6 +54,29 @@ pub enum PlannedKind {
     Score(Box<ScorePlan>),
     /// Scores each value of a series against its own baseline.
     Anomaly(Box<AnomalyPlan>),
+    /// Audio features of a clip.
+    Audio(Box<AudioPlan>),
+}
+
+/// An audio step: where the clip is and where its features go.
+#[derive(Debug, Clone)]
+pub struct AudioPlan {
+    pub spec: job::AudioSpec,
+    pub field_pos: usize,
+    /// Position of the first output; the others follow in [`audio_fields`] order.
+    pub first_out: usize,
+}
+
+/// The fields an audio step adds, in order: duration, error, the frame means of RMS,
+/// zero-crossing rate, spectral centroid and rolloff, MFCC 0..19 and chroma 0..11 (C to B).
+pub fn audio_fields(prefix: &str) -> Vec<(String, DataType)> {
+    let mut f = vec![(format!("{prefix}_seconds"), DataType::Float), (format!("{prefix}_error"), DataType::String)];
+    for name in ["rms", "zcr", "centroid", "rolloff"] {
+        f.push((format!("{prefix}_{name}"), DataType::Float));
+    }
+    f.extend((0..job::AUDIO_MFCC).map(|i| (format!("{prefix}_mfcc_{i}"), DataType::Float)));
+    f.extend((0..job::AUDIO_CHROMA).map(|i| (format!("{prefix}_chroma_{i}"), DataType::Float)));
+    f
 }
 
 /// An anomaly step after a window: where the series key, time and value are, and its outputs.
@@ -126,7 +149,7 @@ impl PlannedStep {
             PlannedKind::Derive(fields) => Some(CompiledStep::Derive(
                 fields.iter().filter_map(|(pos, text)| expr::compile(text, &self.schema).ok().map(|e| (*pos, e))).collect(),
             )),
-            PlannedKind::Score(_) | PlannedKind::Anomaly(_) => None,
+            PlannedKind::Score(_) | PlannedKind::Anomaly(_) | PlannedKind::Audio(_) => None,
         }
     }
 }
@@ -413,6 +436,26 @@ impl V<'_> {
                     );
                     let plan = AnomalyPlan { spec: (**spec).clone(), key_pos, time_pos, score_pos, baseline_pos, flag_pos };
                     out.push(PlannedStep { schema: before, kind: PlannedKind::Anomaly(Box::new(plan)) });
+                }
+                Step::Audio(spec) => {
+                    let before = schema.clone();
+                    let field_pos = match self.field(&before, &spec.field) {
+                        Some((p, DataType::String)) => p,
+                        Some((_, t)) => {
+                            self.at(&spec.field, format!("type error: the audio field must be a string (a path or base64), found {t}"));
+                            continue;
+                        }
+                        None => continue,
+                    };
+                    let first_out = *width;
+                    for (name, ty) in audio_fields(&spec.prefix) {
+                        schema.push_at(name, ty, *width);
+                        *width += 1;
+                    }
+                    out.push(PlannedStep {
+                        schema: before,
+                        kind: PlannedKind::Audio(Box::new(AudioPlan { spec: (**spec).clone(), field_pos, first_out })),
+                    });
                 }
                 Step::Window(_) | Step::Pattern(_) => {}
             }

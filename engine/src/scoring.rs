@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use tenantflow_core::expr::CompiledExpr;
-use tenantflow_core::job::{AnomalyMethod, JobError, OnMissing, ScoreRuntime};
-use tenantflow_core::plan::{check_feature, AnomalyPlan, PlannedKind, PlannedStep, ScorePlan};
+use tenantflow_core::job::{AnomalyMethod, AudioFormat, JobError, OnMissing, ScoreRuntime, AUDIO_CHROMA, AUDIO_MFCC};
+use tenantflow_core::plan::{check_feature, AnomalyPlan, AudioPlan, PlannedKind, PlannedStep, ScorePlan};
 use tenantflow_core::{Plan, Schema, Value};
+use tenantflow_ml::audio::{decode_clip, Clip, Extractor, Params as AudioParams};
 use tenantflow_ml::registry::ModelMeta;
 use tenantflow_ml::{Model, Predictions, Registry, Runtime};
 use tenantflow_operators::anomaly::{Detector, Method, Snapshot as AnomalySnapshot};
@@ -744,12 +745,54 @@ impl Anomalies {
     }
 }
 
-/// A stateless step on a worker: a compiled filter or derive, or a scorer; or an anomaly step,
-/// whose baselines are checkpointed with the window state.
+/// An audio step on a worker: an extractor per sample rate met so far.
+pub struct Audio {
+    plan: AudioPlan,
+    extractors: HashMap<u32, Extractor>,
+}
+
+impl Audio {
+    fn run(&mut self, rows: &mut [&mut [Value]], keep: &[bool]) {
+        let p = &self.plan;
+        let clip = match p.spec.format {
+            AudioFormat::WavPath => Clip::WavPath,
+            AudioFormat::WavBase64 => Clip::WavBase64,
+            AudioFormat::Pcm16Base64 => Clip::Pcm16Base64(p.spec.sample_rate),
+        };
+        for (row, _) in rows.iter_mut().zip(keep).filter(|(_, k)| **k) {
+            let out = p.first_out;
+            let decoded = match row[p.field_pos].as_str() {
+                Some(text) => decode_clip(clip, text),
+                None => Err("no clip (the field is NULL)".to_string()),
+            };
+            let (sr, samples) = match decoded {
+                Ok(d) if !d.1.is_empty() => d,
+                Ok(_) => (0, Vec::new()),
+                Err(e) => {
+                    // The row goes on with NULL features and the reason, never silently.
+                    row[out..out + 2 + 4 + AUDIO_MFCC + AUDIO_CHROMA].iter_mut().for_each(|v| *v = Value::Null);
+                    row[out + 1] = Value::Str(e.into());
+                    continue;
+                }
+            };
+            let extractor = self.extractors.entry(sr.max(1)).or_insert_with(|| Extractor::new(sr.max(1), AudioParams::default()));
+            let s = extractor.extract(&samples).summary();
+            row[out] = Value::Float(samples.len() as f64 / sr.max(1) as f64);
+            row[out + 1] = Value::Null;
+            for (i, v) in [s.rms, s.zcr, s.centroid, s.rolloff].into_iter().chain(s.mfcc).chain(s.chroma).enumerate() {
+                row[out + 2 + i] = Value::Float(v);
+            }
+        }
+    }
+}
+
+/// A stateless step on a worker: a compiled filter or derive, a scorer, audio features; or an
+/// anomaly step, whose baselines are checkpointed with the window state.
 pub enum Exec {
     Row(tenantflow_core::plan::CompiledStep),
     Score(Box<Scorer>),
     Anomaly(Box<Anomalies>),
+    Audio(Box<Audio>),
 }
 
 /// The stateless steps of a job stage (before or after the window), run over a chunk of rows.
@@ -757,7 +800,7 @@ pub enum Exec {
 pub struct Steps {
     execs: Vec<Exec>,
     /// Jobs without checkpoints poll the registry this often (counted in chunks).
-    scorers: bool,
+    chunked: bool,
 }
 
 impl Steps {
@@ -767,6 +810,7 @@ impl Steps {
         for s in planned {
             match &s.kind {
                 PlannedKind::Anomaly(ap) => execs.push(Exec::Anomaly(Box::new(Anomalies::new(ap, &s.schema)?))),
+                PlannedKind::Audio(ap) => execs.push(Exec::Audio(Box::new(Audio { plan: (**ap).clone(), extractors: HashMap::new() }))),
                 PlannedKind::Score(sp) => {
                     let m = models
                         .iter()
@@ -777,13 +821,13 @@ impl Steps {
                 _ => execs.extend(s.compile().map(Exec::Row)),
             }
         }
-        let scorers = execs.iter().any(|e| matches!(e, Exec::Score(_) | Exec::Anomaly(_)));
-        Ok(Steps { execs, scorers })
+        let chunked = execs.iter().any(|e| !matches!(e, Exec::Row(_)));
+        Ok(Steps { execs, chunked })
     }
 
-    /// Whether some step scores (and so needs whole chunks, not single rows).
+    /// Whether some step (score, anomaly, audio) needs whole chunks rather than single rows.
     pub fn batched(&self) -> bool {
-        self.scorers
+        self.chunked
     }
 
     /// Applies the row steps to one row (jobs without score steps); false when filtered out.
@@ -791,7 +835,7 @@ impl Steps {
     pub fn apply(&self, row: &mut [Value]) -> bool {
         self.execs.iter().all(|e| match e {
             Exec::Row(s) => s.apply(row),
-            Exec::Score(_) | Exec::Anomaly(_) => true,
+            Exec::Score(_) | Exec::Anomaly(_) | Exec::Audio(_) => true,
         })
     }
 
@@ -810,6 +854,7 @@ impl Steps {
                 }
                 Exec::Score(s) => s.score(rows, keep),
                 Exec::Anomaly(a) => a.run(rows, keep),
+                Exec::Audio(a) => a.run(rows, keep),
             }
         }
     }

@@ -317,3 +317,58 @@ pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<f32>), String> {
     let samples = samples.map_err(|e| format!("bad WAV data: {e}"))?;
     Ok((spec.sample_rate, samples.iter().step_by(channels).map(|s| *s as f32 / 32768.0).collect()))
 }
+
+/// How a row carries its clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clip {
+    /// A path to a 16-bit PCM WAV file.
+    WavPath,
+    /// A 16-bit PCM WAV file, base64.
+    WavBase64,
+    /// Raw 16-bit little-endian mono PCM at the given rate, base64.
+    Pcm16Base64(u32),
+}
+
+/// A clip's sample rate and samples in [-1, 1), or what is wrong with it.
+pub fn decode_clip(clip: Clip, text: &str) -> Result<(u32, Vec<f32>), String> {
+    use base64::Engine as _;
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.decode(t.trim()).map_err(|e| format!("not base64: {e}"));
+    match clip {
+        Clip::WavPath => read_wav(&std::fs::read(text).map_err(|e| format!("cannot read {text}: {e}"))?),
+        Clip::WavBase64 => read_wav(&b64(text)?),
+        Clip::Pcm16Base64(rate) => {
+            let bytes = b64(text)?;
+            if bytes.len() % 2 != 0 {
+                return Err(format!("{} bytes of 16-bit PCM: an odd count", bytes.len()));
+            }
+            Ok((rate, bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).collect()))
+        }
+    }
+}
+
+/// A clip's summary: the mean over frames of RMS, zero-crossing rate, centroid, rolloff, each
+/// MFCC and each chroma bin.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub rms: f64,
+    pub zcr: f64,
+    pub centroid: f64,
+    pub rolloff: f64,
+    pub mfcc: Vec<f64>,
+    pub chroma: Vec<f64>,
+}
+
+impl Features {
+    pub fn summary(&self) -> Summary {
+        let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+        let rows = |m: &[f64]| (0..m.len() / self.frames.max(1)).map(|r| mean(self.row(m, r))).collect();
+        Summary {
+            rms: mean(&self.rms),
+            zcr: mean(&self.zcr),
+            centroid: mean(&self.centroid),
+            rolloff: mean(&self.rolloff),
+            mfcc: rows(&self.mfcc),
+            chroma: rows(&self.chroma),
+        }
+    }
+}

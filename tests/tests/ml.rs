@@ -556,3 +556,82 @@ fn drift_from_the_training_distribution_is_measured_and_reaches_rows() {
     assert!(psi(&err, "skips") < 0.2, "{err}");
     assert!(rows.iter().filter_map(|r| r["churn_drift"].as_f64()).all(|d| d > 1.0));
 }
+
+#[test]
+fn audio_steps_summarise_clips_like_librosa_and_report_bad_ones() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let audio = repo().join("ml-ops/tests/audio");
+    let clip = |name: &str| audio.join(format!("{name}.wav")).display().to_string();
+    let mut lines = String::new();
+    for name in ["sine440", "chord", "moh-excerpt"] {
+        lines += &format!("{{\"tenant_id\": \"a\", \"name\": \"{name}\", \"clip\": \"{}\"}}\n", clip(name));
+    }
+    lines += "{\"tenant_id\": \"a\", \"name\": \"missing\", \"clip\": \"/nonexistent.wav\"}\n";
+    // The sine as raw PCM (the WAV's samples after its 44-byte header), base64.
+    let wav = std::fs::read(clip("sine440")).expect("wav");
+    let pcm = base64::engine::general_purpose::STANDARD.encode(&wav[44..]);
+    lines += &format!("{{\"tenant_id\": \"a\", \"name\": \"pcm\", \"clip\": \"{pcm}\"}}\n");
+    lines += "{\"tenant_id\": \"a\", \"name\": \"garbled\", \"clip\": \"%%%\"}\n";
+    std::fs::write(d.join("clips.jsonl"), lines).expect("input");
+    let job = |format: &str| {
+        format!(
+            "name = \"clips\"\n[source]\ntype = \"file\"\npath = \"{}\"\n[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nname = \"string\"\nclip = \"string\"\n[[steps]]\naudio = \"clip\"\nformat = \"{format}\"\n[[steps]]\nfilter = \"{}\"\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+            d.join("clips.jsonl").display(),
+            if format == "wav_path" { "name NOT IN ('pcm', 'garbled')" } else { "name IN ('pcm', 'garbled')" }
+        )
+    };
+    let (mut rows, _) = run_window(d, "paths", &job("wav_path"), &[]);
+    let (pcm_rows, _) = run_window(d, "pcm", &job("pcm16_base64"), &[]);
+    rows.extend(pcm_rows);
+    let mean = |v: &Value| -> Vec<f64> {
+        let rows: Vec<Vec<f64>> = v
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|r| r.as_array().map_or_else(|| vec![r.as_f64().unwrap_or(0.0)], |r| r.iter().filter_map(|x| x.as_f64()).collect()))
+            .collect();
+        if rows.iter().all(|r| r.len() == 1) {
+            let n = rows.len() as f64;
+            vec![rows.iter().map(|r| r[0]).sum::<f64>() / n]
+        } else {
+            rows.iter().map(|r| r.iter().sum::<f64>() / r.len() as f64).collect()
+        }
+    };
+    let mut checked = 0;
+    for r in &rows {
+        let name = r["name"].as_str().unwrap_or("");
+        match name {
+            "missing" | "garbled" => {
+                assert!(r["audio_mfcc_0"].is_null() && r["audio_seconds"].is_null(), "{r}");
+                let e = r["audio_error"].as_str().unwrap_or("");
+                assert!(e.contains(if name == "missing" { "cannot read /nonexistent.wav" } else { "not base64" }), "{r}");
+            }
+            _ => {
+                let reference_name = if name == "pcm" { "sine440" } else { name };
+                let reference: Value =
+                    serde_json::from_slice(&std::fs::read(audio.join(format!("{reference_name}.json"))).expect("json")).expect("JSON");
+                assert!(r["audio_error"].is_null(), "{r}");
+                for (feature, field) in [
+                    ("mfcc", "mfcc_"),
+                    ("chroma", "chroma_"),
+                    ("centroid", "centroid"),
+                    ("rolloff", "rolloff"),
+                    ("zcr", "zcr"),
+                    ("rms", "rms"),
+                ] {
+                    let expected = mean(&reference[feature]);
+                    let scale = expected.iter().fold(1e-9f64, |m, v| m.max(v.abs()));
+                    for (i, e) in expected.iter().enumerate() {
+                        let key = if field.ends_with('_') { format!("audio_{field}{i}") } else { format!("audio_{field}") };
+                        let got = r[&key].as_f64().unwrap_or(f64::NAN);
+                        assert!((got - e).abs() <= 1e-4 * scale, "{name} {key}: {got} vs librosa {e}");
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!((rows.len(), checked), (6, 4), "{rows:?}");
+}
