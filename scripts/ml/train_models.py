@@ -127,6 +127,99 @@ def activity_events(path):
             f.write(line + "\n")
 
 
+# Features of the genre model: the summaries an audio step adds (docs/ml.md), as named with
+# `as = "audio"`.
+GENRE_FEATURES = ["audio_rms", "audio_zcr", "audio_centroid", "audio_rolloff"] + [f"audio_mfcc_{i}" for i in range(13)]
+GENRES = ["ambient", "rock", "electronic", "classical"]
+GENRE_SR = 8000
+
+
+def genre_clip(genre, rng, seconds=1.0):
+    """A synthetic clip with a genre's character: ambient = soft low drones, rock = loud
+    distorted power chords with noise, electronic = square-wave bass and bright hi-hat clicks,
+    classical = a clean triad with overtones."""
+    sr = GENRE_SR
+    t = np.arange(int(sr * seconds)) / sr
+    root = rng.uniform(90, 180)
+    if genre == "ambient":
+        y = sum(rng.uniform(0.05, 0.15) * np.sin(2 * np.pi * root * k * t + rng.uniform(0, 6)) for k in (1, 1.5, 2))
+        y *= 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(0.2, 0.8) * t)
+    elif genre == "rock":
+        y = np.tanh(4 * sum(np.sin(2 * np.pi * root * k * t) for k in (1, 1.5, 2))) * 0.5
+        y += rng.normal(0, 0.08, t.size)
+    elif genre == "electronic":
+        y = 0.3 * np.sign(np.sin(2 * np.pi * root / 2 * t))
+        clicks = (np.arange(t.size) % int(sr / rng.uniform(6, 10))) < 40
+        y += clicks * rng.normal(0, 0.4, t.size)
+    else:
+        y = sum(0.15 / k * np.sin(2 * np.pi * f * k * t) for f in (root * 2, root * 2.52, root * 3) for k in (1, 2, 3))
+        y *= np.minimum(1, t * 8)
+    return np.clip(y * rng.uniform(0.7, 1.2), -1, 1).astype(np.float32)
+
+
+def clip_features(y):
+    """What an audio step computes for a clip (librosa's defaults, means over frames)."""
+    import librosa
+
+    y = (np.round(y * 32767) / 32768).astype(np.float32)  # as read back from 16-bit PCM
+    sr = GENRE_SR
+    mean = lambda a: a.mean(axis=-1)
+    mfcc = mean(librosa.feature.mfcc(y=y, sr=sr))
+    return np.concatenate([
+        [mean(librosa.feature.rms(y=y)[0]), mean(librosa.feature.zero_crossing_rate(y)[0]),
+         mean(librosa.feature.spectral_centroid(y=y, sr=sr)[0]), mean(librosa.feature.spectral_rolloff(y=y, sr=sr)[0])],
+        mfcc[:13],
+    ]).astype(np.float32)
+
+
+def genre_model(out, uploads):
+    """A genre classifier over audio features of generated clips; also writes example uploads
+    (WAV files) and the events that announce them."""
+    import soundfile as sf
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(31)
+    xs, ys = [], []
+    for i in range(600):
+        g = i % len(GENRES)
+        xs.append(clip_features(genre_clip(GENRES[g], rng)))
+        ys.append(g)
+    x, y = np.array(xs), np.array(ys, dtype=np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.25, random_state=7)
+    model = RandomForestClassifier(n_estimators=50, max_depth=8, random_state=7).fit(x_train, y_train)
+    onx = to_onnx(model, x_train[:1], options={id(model): {"zipmap": False}}, target_opset=OPSETS)
+    d = os.path.join(out, "genre", "1")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "model.onnx"), "wb") as f:
+        f.write(onx.SerializeToString())
+    metrics = {"accuracy": round(float(accuracy_score(y_test, model.predict(x_test))), 4)}
+    meta = {
+        "description": "Genre of an uploaded clip from its audio features (random forest, 50 trees)",
+        "features": GENRE_FEATURES,
+        "class_names": GENRES,
+        "training": {"script": "scripts/ml/train_models.py", "rows": int(len(x_train)), "metrics": metrics,
+                     "distribution": training_distribution(x_train, GENRE_FEATURES)},
+    }
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(f"genre v1: {metrics}")
+    # Example uploads: two clips per genre, new draws.
+    os.makedirs(uploads, exist_ok=True)
+    events = []
+    for i in range(8):
+        g = GENRES[i % len(GENRES)]
+        name = f"upload-{i:02d}.wav"
+        sf.write(os.path.join(uploads, name), genre_clip(g, rng), GENRE_SR, subtype="PCM_16")
+        events.append({"tenant_id": "acme" if i % 2 else "globex", "upload_id": f"u{i:02d}", "artist_id": f"a{i % 3}",
+                       "path": f"jobs/data/uploads/{name}", "expected_genre": g, "ts": f"2026-03-01T10:00:{i:02d}Z"})
+    events.append({"tenant_id": "acme", "upload_id": "u99", "artist_id": "a1", "path": "jobs/data/uploads/missing.wav",
+                   "expected_genre": "", "ts": "2026-03-01T10:00:30Z"})
+    with open(os.path.join(ROOT, "jobs", "data", "audio-uploads.jsonl"), "w") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+
+
 def main():
     rng = np.random.default_rng(7)
     x, y = churn_data(40_000, rng)
@@ -139,6 +232,7 @@ def main():
          "Churn risk of a user from one day of activity (100-tree gradient boosting)")
     parity_models(os.path.join(ROOT, "ml-ops", "tests", "models"))
     activity_events(os.path.join(ROOT, "jobs", "data", "user-activity.jsonl"))
+    genre_model(OUT, os.path.join(ROOT, "jobs", "data", "uploads"))
 
 
 if __name__ == "__main__":

@@ -635,3 +635,51 @@ fn audio_steps_summarise_clips_like_librosa_and_report_bad_ones() {
     }
     assert_eq!((rows.len(), checked), (6, 4), "{rows:?}");
 }
+
+#[test]
+fn the_genre_example_classifies_uploads_from_kafka_into_clickhouse_and_alerts_on_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (_kafka, bootstrap) = tenantflow_tests::dev_kafka(d, &["audio-uploads"]);
+    let events = repo().join("jobs/data/audio-uploads.jsonl");
+    let kcat = Command::new("kcat").args(["-P", "-b", &bootstrap, "-t", "audio-uploads", "-l"]).arg(&events).status().expect("kcat");
+    assert!(kcat.success(), "kcat failed");
+    let ch = tenantflow_tests::ClickHouse::start(25_200 + (std::process::id() % 300) as u16 * 4);
+    let hook = tenantflow_tests::Webhook::start();
+    let sets = [
+        format!("source.bootstrap_file={}", d.join("bootstrap").display()),
+        "source.bounded=true".into(),
+        format!("sinks[0].url={}", ch.url),
+        format!("alerting.receivers[0].url={}", hook.url),
+        format!("alerting.state_dir={}", d.join("alerts").display()),
+        format!("dead_letter.path={}", d.join("dead.jsonl").display()),
+    ];
+    // The events name their clips relative to the repository.
+    let mut args = vec!["run", "jobs/audio-genre.toml"];
+    for s in &sets {
+        args.extend(["--set", s.as_str()]);
+    }
+    let err = ok(tf(&repo(), &args));
+    assert!(err.contains("model genre v1 (native): 8 rows scored"), "{err}");
+    let expected: BTreeMap<String, String> = read_jsonl(&events)
+        .iter()
+        .map(|e| (e["upload_id"].as_str().unwrap_or("").to_string(), e["expected_genre"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let table = ch.query("SELECT upload_id, genre_class, audio_error FROM upload_genres ORDER BY upload_id").expect("query");
+    let mut rows = 0;
+    for line in table.lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (id, genre, error) = (cols[0], cols[1], cols[2]);
+        if id == "u99" {
+            assert!(genre == "\\N" && error.contains("cannot read jobs/data/uploads/missing.wav"), "{line}");
+        } else {
+            assert_eq!(genre, expected[id], "upload {id}");
+            assert_eq!(error, "\\N", "{line}");
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, 9, "{table}");
+    let unreadable: Vec<_> = hook.firing().into_iter().filter(|a| a["labels"]["alertname"] == "UploadUnreadable").collect();
+    assert_eq!(unreadable.len(), 1, "{unreadable:?}");
+    assert_eq!(unreadable[0]["labels"]["tenant"], "acme");
+}
