@@ -1334,6 +1334,22 @@ fn read_pattern(cx: &mut Cx, t: &T) -> Option<PatternSpec> {
     })
 }
 
+fn is_prefix(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The `as` key of steps that add fields: the prefix of their names.
+fn read_prefix(cx: &mut Cx, t: &T, default: impl FnOnce() -> String) -> Option<String> {
+    match t.string(cx, "as") {
+        Some(p) if is_prefix(&p.value) => Some(p.value),
+        Some(p) => {
+            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
+            None
+        }
+        None => Some(default()),
+    }
+}
+
 fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
     t.check_keys(
         cx,
@@ -1347,14 +1363,7 @@ fn read_score(cx: &mut Cx, t: &T) -> Option<ScoreSpec> {
         Some(ScoreRuntime::Auto),
     )?;
     let on_missing = t.choice(cx, "on_missing", &[("default", OnMissing::Default), ("skip", OnMissing::Skip)], Some(OnMissing::Default))?;
-    let prefix = match t.string(cx, "as") {
-        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
-        Some(p) => {
-            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
-            return None;
-        }
-        None => model.value.replace('-', "_"),
-    };
+    let prefix = read_prefix(cx, t, || model.value.replace('-', "_"))?;
     Some(ScoreSpec {
         version: t.int(cx, "version", 1).map(|v| v.min(u32::MAX as i64) as u32),
         features: if t.get("features").is_some() { t.string_list(cx, "features").unwrap_or_default() } else { Vec::new() },
@@ -1400,16 +1409,8 @@ fn read_anomaly(cx: &mut Cx, t: &T) -> Option<AnomalySpec> {
             (AnomalyMethod::Seasonal { period, bucket, seasons: t.int(cx, "seasons", 1).map_or(4, |n| n.min(1000) as usize) }, 2)
         }
     };
-    let prefix = match t.string(cx, "as") {
-        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
-        Some(p) => {
-            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
-            return None;
-        }
-        // A watched field names its outputs (`plays_score`); an expression gives `anomaly_score`.
-        None if value.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => value.value.clone(),
-        None => "anomaly".into(),
-    };
+    // A watched field names its outputs (`plays_score`); an expression gives `anomaly_score`.
+    let prefix = read_prefix(cx, t, || if is_prefix(&value.value) { value.value.clone() } else { "anomaly".into() })?;
     Some(AnomalySpec {
         warmup: t.int(cx, "warmup", 1).map_or(warmup, |n| n.min(1 << 20) as usize),
         threshold: t.float(cx, "threshold", 0.0, f64::MAX).unwrap_or(3.0),
@@ -1431,14 +1432,7 @@ fn read_audio(cx: &mut Cx, t: &T) -> Option<AudioSpec> {
         &[("wav_path", AudioFormat::WavPath), ("wav_base64", AudioFormat::WavBase64), ("pcm16_base64", AudioFormat::Pcm16Base64)],
         Some(AudioFormat::WavPath),
     )?;
-    let prefix = match t.string(cx, "as") {
-        Some(p) if !p.value.is_empty() && p.value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => p.value,
-        Some(p) => {
-            cx.err(&p.span, &p.key, "expected a field name prefix: letters, digits and `_`");
-            return None;
-        }
-        None => "audio".into(),
-    };
+    let prefix = read_prefix(cx, t, || "audio".into())?;
     Some(AudioSpec { sample_rate: t.int(cx, "sample_rate", 1000).map_or(22_050, |n| n.min(384_000) as u32), format, prefix, field })
 }
 

@@ -55,7 +55,8 @@ impl OnnxModel {
         let label = self.outputs.iter().any(|o| o.elem_type == "int64");
         let float = self.outputs.iter().find(|o| o.elem_type == "float");
         match (label, float) {
-            (true, Some(p)) => Ok(Task::Classifier { classes: p.shape.get(1).copied().flatten().unwrap_or(0) as usize }),
+            // One float column beside a label is a score (an outlier detector), not classes.
+            (true, Some(p)) => Ok(Task::Classifier { classes: p.shape.get(1).copied().flatten().filter(|c| *c > 1).unwrap_or(0) as usize }),
             (false, Some(_)) => Ok(Task::Regressor),
             _ => Err(MlError::Unsupported("outputs other than a label, probabilities or scores".into())),
         }

@@ -19,7 +19,8 @@ pub struct Predictions {
     /// Classifiers: `classes` probabilities per row, row-major.
     pub probabilities: Vec<f32>,
     pub classes: usize,
-    /// Regressors: each row's score.
+    /// Regressors, and classifiers that give one score per row beside their label (outlier
+    /// detectors): each row's score.
     pub scores: Vec<f32>,
     /// One row's scores, reused by the native scorer.
     pub(crate) scratch: Vec<f32>,

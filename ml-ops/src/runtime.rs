@@ -136,8 +136,14 @@ impl OrtModel {
                     return Err(MlError::Runtime(format!("{} labels and {} probabilities for {rows} rows", labels.len(), values.len())));
                 }
                 out.labels.extend_from_slice(labels);
-                out.probabilities.extend_from_slice(values);
-                out.classes = values.len() / rows;
+                if values.len() == rows {
+                    // One value per row beside a label is a score, not a class probability
+                    // (IsolationForest: label -1 for outliers, and the decision score).
+                    out.scores.extend_from_slice(values);
+                } else {
+                    out.probabilities.extend_from_slice(values);
+                    out.classes = values.len() / rows;
+                }
             }
             _ => {
                 if values.len() != rows {

@@ -1,5 +1,6 @@
 //! Stateful operator logic, independent of the dataflow runtime: window assignment,
-//! pre-aggregation before the exchange, merged window state and the aggregate accumulators.
+//! pre-aggregation before the exchange, merged window state, the aggregate accumulators, the
+//! pattern automaton and the anomaly baselines.
 //!
 //! Stateless steps (filter, derive, select) are compiled expressions from `tenantflow-core`;
 //! the engine wires these pieces into Timely operators.

@@ -5,11 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-venv="${TENANTFLOW_ML_VENV:-/var/tmp/tenantflow-ml-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r scripts/ml/requirements.txt
-fi
+. scripts/ml/venv.sh
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && { apt-get download asterisk-moh-opsound-wav >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get download asterisk-moh-opsound-wav >/dev/null; }; })

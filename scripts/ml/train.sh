@@ -5,11 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-venv="${TENANTFLOW_ML_VENV:-/var/tmp/tenantflow-ml-venv}"
-if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet -r scripts/ml/requirements.txt
-fi
+. scripts/ml/venv.sh
 
 bundles=$(mktemp -d)
 trap 'rm -rf "$bundles"' EXIT

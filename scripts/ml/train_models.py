@@ -220,6 +220,34 @@ def genre_model(out, uploads):
             f.write(json.dumps(e) + "\n")
 
 
+def outlier_model(out):
+    """Unusual accounts: an IsolationForest over the churn model's daily activity features of
+    ordinary users (its label is -1 for an outlier, its score below 0 for one). It has no
+    native scorer: jobs run it in ONNX Runtime."""
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(41)
+    x, _ = churn_data(20_000, rng)
+    model = IsolationForest(n_estimators=50, max_samples=128, contamination=0.01, random_state=7).fit(x)
+    onx = to_onnx(model, x[:1], target_opset=OPSETS)
+    d = os.path.join(out, "activity-outliers", "1")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "model.onnx"), "wb") as f:
+        f.write(onx.SerializeToString())
+    farmed = np.array([[400, 0, 0, 0, 1200]], dtype=np.float32)  # a stream farm's day
+    metrics = {"outlier_share": round(float((model.predict(x) == -1).mean()), 4), "stream_farm_score": round(float(model.decision_function(farmed)[0]), 4)}
+    meta = {
+        "description": "Unusual daily activity of an account (IsolationForest, 50 trees): label -1 is an outlier",
+        "features": CHURN_FEATURES,
+        "training": {"script": "scripts/ml/train_models.py", "rows": int(len(x)), "metrics": metrics,
+                     "distribution": training_distribution(x, CHURN_FEATURES)},
+    }
+    with open(os.path.join(d, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+    print(f"activity-outliers v1: {metrics}")
+
+
 def main():
     rng = np.random.default_rng(7)
     x, y = churn_data(40_000, rng)
@@ -233,6 +261,7 @@ def main():
     parity_models(os.path.join(ROOT, "ml-ops", "tests", "models"))
     activity_events(os.path.join(ROOT, "jobs", "data", "user-activity.jsonl"))
     genre_model(OUT, os.path.join(ROOT, "jobs", "data", "uploads"))
+    outlier_model(OUT)
 
 
 if __name__ == "__main__":

@@ -384,14 +384,25 @@ fn the_churn_example_goes_from_kafka_through_the_model_to_clickhouse_and_alerts(
     }
     let err = ok(tf(d, &args));
     assert!(err.contains("model churn-risk v1 (native): 400 rows scored"), "{err}");
-    let count = ch.query("SELECT count(), countIf(churn_probability > 0.9) FROM churn_risk").expect("query");
-    let (rows, risky) = count.trim().split_once('\t').expect("two columns");
+    assert!(err.contains("model activity-outliers v1 (onnx): 400 rows scored"), "{err}");
+    let count = ch.query("SELECT count(), countIf(churn_probability > 0.9), countIf(outlier_label = -1) FROM churn_risk").expect("query");
+    let cols: Vec<&str> = count.trim().split('\t').collect();
+    let (rows, risky, unusual) = (cols[0], cols[1], cols[2]);
     assert_eq!(rows, "400", "one row per user and day");
     let risky: usize = risky.parse().expect("count");
     assert!(risky > 0, "some users should be at high risk");
-    let alerted: std::collections::BTreeSet<String> =
-        hook.firing().iter().filter_map(|a| a["labels"]["user_id"].as_str().map(String::from)).collect();
-    assert_eq!(alerted.len(), risky, "one alert per user at high risk");
+    let alerted = |name: &str| -> std::collections::BTreeSet<String> {
+        hook.firing()
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .filter_map(|a| a["labels"]["user_id"].as_str().map(String::from))
+            .collect()
+    };
+    assert_eq!(alerted("ChurnRiskHigh").len(), risky, "one alert per user at high risk");
+    // The outlier model flags about 1% of ordinary users' days.
+    let unusual: usize = unusual.parse().expect("count");
+    assert!((1..=20).contains(&unusual), "{unusual} unusual days");
+    assert_eq!(alerted("UnusualActivity").len(), unusual);
 }
 
 /// Plays per tenant and track per minute over 300 minutes: about 20 a minute with noise, and
@@ -533,7 +544,7 @@ fn drift_from_the_training_distribution_is_measured_and_reaches_rows() {
     let with = |features: &str| {
         window_job("drift_window = 200\nbatch_size = 100")
             .replace("features = [\"plays\", \"skips\", \"likes\", \"failed_payments\", \"listen_minutes\"]", features)
-            .replace("\"churn_label\", \"churn_probability\"]", "\"churn_label\", \"churn_probability\", \"churn_drift\"]")
+            .replace("\"churn_probability\", \"outlier_label\"", "\"churn_probability\", \"churn_drift\", \"outlier_label\"")
     };
     let psi = |err: &str, feature: &str| -> f64 {
         let line = err.lines().find(|l| l.contains("drift (PSI, latest of 2 windows)")).unwrap_or_else(|| panic!("no drift line:\n{err}"));
