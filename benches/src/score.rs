@@ -15,7 +15,8 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::TensorRef;
 use tenantflow_core::Value;
-use tenantflow_engine::scoring::{self, ModelConfig, Steps};
+use tenantflow_engine::scoring::{self, ModelConfig};
+use tenantflow_engine::steps::Steps;
 
 use crate::{cpu_seconds, median};
 

@@ -35,8 +35,8 @@ use tenantflow_operators::{Aggregates, WindowStore};
 
 use crate::checkpoint::{self, Crypto, PartWriter, Restore};
 use crate::ingest::{Ingest, Status};
-use crate::scoring::Steps;
 use crate::stats::{self, Shared, TenantCounts};
+use crate::steps::Steps;
 use crate::{Envelope, Msg};
 
 type Out = CapacityContainerBuilder<Vec<Envelope>>;

@@ -17,8 +17,8 @@ use tenantflow_core::{time, Value};
 use tenantflow_operators::window::hash_key;
 use tenantflow_operators::{Aggregates, PreAggregator};
 
-use crate::scoring::Steps;
 use crate::stats::{Shared, TenantCounts, IDLE};
+use crate::steps::Steps;
 use crate::Msg;
 
 struct WindowPart {

@@ -14,6 +14,7 @@ pub mod ingest;
 pub mod run;
 pub mod scoring;
 pub mod stats;
+pub mod steps;
 
 use serde::{Deserialize, Serialize};
 use tenantflow_connectors::DeadLetter;
