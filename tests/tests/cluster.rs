@@ -729,21 +729,29 @@ interval = "300ms"
     cluster.wait_for(Duration::from_secs(30), "rows scored", || model("rows").as_u64().is_some_and(|n| n > 0));
     assert_eq!(model("version"), 1);
     cluster.cli(&["model", "shadow", "churn-risk", "2"]);
-    cluster.wait_for(Duration::from_secs(30), "shadow rows", || model("shadow_rows").as_u64().is_some_and(|n| n > 0));
-    assert_eq!(model("shadow_version"), 2);
+    cluster.wait_for(Duration::from_secs(30), "shadow rows on version 2", || {
+        model("shadow_version") == 2 && model("shadow_rows").as_u64().is_some_and(|n| n > 0)
+    });
     let promoted = cluster.cli(&["model", "promote", "churn-risk", "2"]);
     assert_eq!((promoted["live"].as_u64(), promoted["shadow"].is_null()), (Some(2), true), "{promoted}");
     cluster.wait_for(Duration::from_secs(30), "version 2 in use", || model("version") == 2);
-    let metrics = ureq::get(&format!("http://{}/metrics", cluster.metrics_targets()[1]))
-        .call()
-        .expect("metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("body");
-    let line = |name: &str| metrics.lines().find(|l| l.starts_with(name) && l.contains(&id)).map(String::from);
-    assert!(line("tenantflow_model_predictions_total{").is_some_and(|l| !l.ends_with(" 0")), "{metrics}");
-    assert!(line("tenantflow_model_version{").is_some_and(|l| l.ends_with(" 2")), "{metrics}");
-    assert!(line("tenantflow_model_swaps_total{").is_some_and(|l| l.ends_with(" 1")), "{metrics}");
+    // Each process reads the registry at a barrier on its own: process 1 may switch a
+    // checkpoint later than process 0.
+    let metrics = || {
+        ureq::get(&format!("http://{}/metrics", cluster.metrics_targets()[1]))
+            .call()
+            .expect("metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("body")
+    };
+    let line = |text: &str, name: &str| text.lines().find(|l| l.starts_with(name) && l.contains(&id)).map(String::from);
+    cluster.wait_for(Duration::from_secs(30), "process 1 on version 2", || {
+        line(&metrics(), "tenantflow_model_version{").is_some_and(|l| l.ends_with(" 2"))
+    });
+    let text = metrics();
+    assert!(line(&text, "tenantflow_model_predictions_total{").is_some_and(|l| !l.ends_with(" 0")), "{text}");
+    assert!(line(&text, "tenantflow_model_swaps_total{").is_some_and(|l| l.ends_with(" 1")), "{text}");
     cluster.cli(&["model", "rollback", "churn-risk"]);
     cluster.wait_for(Duration::from_secs(30), "version 1 again", || model("version") == 1);
     assert_eq!(cluster.cli(&["job", "describe", &id])["state"], "running");
