@@ -2,7 +2,8 @@
 # Installs what building and testing need on a fresh Debian machine (run as root): rustfmt and
 # clippy for the Rust toolchain, OpenSSL headers and pkg-config (librdkafka is built with TLS
 # and SASL), Debian's kcat (an external Kafka client for the Kafka tests), Prometheus (the
-# dashboards test evaluates every Grafana query against it) ClickHouse and Redis (the sinks' tests).
+# dashboards test evaluates every Grafana query against it) ClickHouse and Redis (the sinks' tests),
+# and ONNX Runtime's shared library (below).
 set -euo pipefail
 
 if ! command -v cargo >/dev/null 2>&1; then
@@ -22,6 +23,8 @@ command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server redis-tools)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
+# pip fetches ONNX Runtime's wheel (below).
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
