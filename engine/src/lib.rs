@@ -1,7 +1,8 @@
 //! The runtime: turns a validated [`Plan`] into a Timely dataflow on every worker, runs it to
 //! completion (or forever, for unbounded sources), and reports what happened.
 //!
-//! Where a record goes: [`ingest`] (source, stateless steps, watermark, pre-aggregation) ->
+//! Where a record goes: [`ingest`] (source, stateless steps in [`steps`] with the models of
+//! [`scoring`], watermark, pre-aggregation) ->
 //! exchange by (tenant, key) -> [`dataflow`]'s window operator (merge, fire on the frontier) ->
 //! exchange to worker 0 -> sink operator (file/stdout writers, dead letters, late output), where
 //! [`alerting`] judges each output row by the job's alert rules.

@@ -1,10 +1,10 @@
 //! Machine learning for tenantflow jobs: the model registry (models by name and version, with
 //! their metadata, promotion, rollback and shadow candidates) and the scorers a `score` step
 //! runs: ONNX Runtime through `ort`, or the native scorers for scikit-learn's linear and
-//! tree-ensemble models.
+//! tree-ensemble models; and the librosa-compatible audio features an `audio` step computes.
 //!
 //! Nothing here knows about dataflows: a scorer takes rows of `f32` features and fills
-//! [`Predictions`].
+//! [`Predictions`]; the audio extractor takes samples and returns [`audio::Features`].
 
 pub mod audio;
 pub mod model;
