@@ -1,9 +1,8 @@
 //! Score benchmark (issue #7): predictions per CPU-second through the score operator (features
 //! read from rows, batches, the model, outputs written into rows) vs calling ONNX Runtime
-//! directly on the same batches of ready-made features, in the same process, alternating, for
-//! the churn example's logistic regression (v1) and 100-tree gradient boosting (v2); the added
-//! latency per event (how long a chunk of rows waits for its scoring); and a whole job
-//! (generator -> score -> discard) against the same job without the score step.
+//! directly on the same batches, in the same process, interleaved chunk by chunk, for the churn
+//! example's logistic regression (v1) and 100-tree gradient boosting (v2); and the added
+//! latency per event (how long a chunk of rows waits for its scoring).
 //!
 //!     cargo run --release -p tenantflow-benches -- --only score
 
@@ -17,8 +16,6 @@ use ort::value::TensorRef;
 use tenantflow_core::Value;
 use tenantflow_engine::scoring::{self, ModelConfig};
 use tenantflow_engine::steps::Steps;
-
-use crate::{cpu_seconds, median};
 
 /// Rows per chunk, as ingest reads them.
 const CHUNK: usize = 1024;
@@ -87,7 +84,9 @@ struct Case {
 
 fn case(version: u32, runtime: &str, batch: usize, n: usize) -> anyhow::Result<Case> {
     let plan = tenantflow_core::plan::load("score-bench.toml", &job(version, runtime, batch), &[]).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cfg = ModelConfig { registry: Some(repo().join("jobs/models")), onnxruntime: None };
+    // The checkout's ONNX Runtime, wherever the benchmark is started from.
+    let library = repo().join(format!(".onnxruntime/libonnxruntime.so.{}", tenantflow_ml::runtime::ORT_VERSION));
+    let cfg = ModelConfig { registry: Some(repo().join("jobs/models")), onnxruntime: Some(library).filter(|l| l.exists()) };
     let models = scoring::resolve(&plan, &cfg, &Default::default())
         .map_err(|e| anyhow::anyhow!("{}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
     let steps = Steps::new(&plan.pre, &models).map_err(|e| anyhow::anyhow!(e))?;
@@ -119,65 +118,94 @@ fn case(version: u32, runtime: &str, batch: usize, n: usize) -> anyhow::Result<C
     Ok(Case { steps, width, rows, features, session, input, batch, n, label_pos, probability_pos, model })
 }
 
-/// The score step over every row, a chunk at a time; returns (CPU seconds, per-chunk µs).
-fn through_operator(c: &mut Case, latency: &mut hdrhistogram::Histogram<u64>) -> f64 {
-    let cpu0 = cpu_seconds();
-    let mut keep = vec![true; CHUNK];
-    for i in 0..c.n / CHUNK {
-        let at = (i * CHUNK) % DISTINCT * c.width;
-        let chunk = &mut c.rows[at..at + CHUNK * c.width];
-        let started = Instant::now();
-        let mut rows: Vec<&mut [Value]> = chunk.chunks_exact_mut(c.width).collect();
-        keep.clear();
-        keep.resize(rows.len(), true);
-        c.steps.run(&mut rows, &mut keep, |_| {});
-        let _ = latency.record(started.elapsed().as_micros().max(1) as u64);
-    }
-    cpu_seconds() - cpu0
+/// This thread's CPU time in seconds: fine-grained enough to time one chunk, and blind to the
+/// other threads of the process.
+fn thread_cpu() -> f64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills a plain struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
-/// ONNX Runtime called directly on the operator's batches; returns CPU seconds. With
-/// `from_rows`, a hand-written loop does the operator's work for this one job: it copies each
-/// batch's feature fields out of the same rows and writes the label and probability back into
-/// them. Without, the features are ready-made f32 tensors and the outputs are only read (the
-/// model's cost alone).
-fn direct(c: &mut Case, from_rows: bool) -> anyhow::Result<(f64, f64)> {
-    let cpu0 = cpu_seconds();
+/// The score step over chunk `i` as ingest runs it, on the rows ingest collected (that work is
+/// ingest's, with or without a score step, and is not timed); returns its CPU seconds.
+fn operator_chunk(c: &mut Case, i: usize, keep: &mut Vec<bool>) -> f64 {
+    let at = (i * CHUNK) % DISTINCT * c.width;
+    let chunk = &mut c.rows[at..at + CHUNK * c.width];
+    let mut rows: Vec<&mut [Value]> = chunk.chunks_exact_mut(c.width).collect();
+    keep.clear();
+    keep.resize(rows.len(), true);
+    let t0 = thread_cpu();
+    c.steps.run(&mut rows, keep, |_| {});
+    thread_cpu() - t0
+}
+
+/// ONNX Runtime called directly on the operator's batches of chunk `i`; returns a checksum.
+/// With `from_rows`, a hand-written loop does the operator's work for this one job: it copies
+/// each batch's feature fields out of the same rows and writes the label and probability back
+/// into them. Without, the features are ready-made f32 tensors and the outputs are only read
+/// (the model's cost alone).
+fn direct_chunk(c: &mut Case, i: usize, from_rows: bool, x: &mut Vec<f32>) -> anyhow::Result<f64> {
     let mut checksum = 0.0f64;
-    let mut x = Vec::with_capacity(c.batch * FEATURES);
-    // The operator's batches: `batch` rows of each chunk of CHUNK rows.
-    for i in 0..c.n / CHUNK {
-        let chunk = (i * CHUNK) % DISTINCT;
-        let end = chunk + CHUNK;
-        for start in (chunk..end).step_by(c.batch) {
-            let len = c.batch.min(end - start);
-            let x = if from_rows {
-                x.clear();
-                for row in c.rows[start * c.width..(start + len) * c.width].chunks_exact(c.width) {
-                    x.extend(row[1..=FEATURES].iter().map(|v| match *v {
-                        Value::Float(f) => f as f32,
-                        Value::Int(i) => i as f32,
-                        _ => 0.0,
-                    }));
-                }
-                &x[..]
-            } else {
-                &c.features[start * FEATURES..(start + len) * FEATURES]
-            };
-            let outputs = c.session.run(ort::inputs![c.input.as_str() => TensorRef::from_array_view(([len, FEATURES], x))?])?;
-            let (_, p) = outputs["probabilities"].try_extract_tensor::<f32>()?;
-            let (_, l) = outputs["label"].try_extract_tensor::<i64>()?;
-            if from_rows {
-                let rows = c.rows[start * c.width..(start + len) * c.width].chunks_exact_mut(c.width);
-                for ((row, p), l) in rows.zip(p.chunks_exact(2)).zip(l) {
-                    row[c.label_pos] = Value::Int(*l);
-                    row[c.probability_pos] = Value::Float(p[1] as f64);
-                }
+    let chunk = (i * CHUNK) % DISTINCT;
+    let end = chunk + CHUNK;
+    for start in (chunk..end).step_by(c.batch) {
+        let len = c.batch.min(end - start);
+        let x = if from_rows {
+            x.clear();
+            for row in c.rows[start * c.width..(start + len) * c.width].chunks_exact(c.width) {
+                x.extend(row[1..=FEATURES].iter().map(|v| match *v {
+                    Value::Float(f) => f as f32,
+                    Value::Int(i) => i as f32,
+                    _ => 0.0,
+                }));
             }
-            checksum += p[1] as f64 + l[0] as f64;
+            &x[..]
+        } else {
+            &c.features[start * FEATURES..(start + len) * FEATURES]
+        };
+        let outputs = c.session.run(ort::inputs![c.input.as_str() => TensorRef::from_array_view(([len, FEATURES], x))?])?;
+        let (_, p) = outputs["probabilities"].try_extract_tensor::<f32>()?;
+        let (_, l) = outputs["label"].try_extract_tensor::<i64>()?;
+        if from_rows {
+            let rows = c.rows[start * c.width..(start + len) * c.width].chunks_exact_mut(c.width);
+            for ((row, p), l) in rows.zip(p.chunks_exact(2)).zip(l) {
+                row[c.label_pos] = Value::Int(*l);
+                row[c.probability_pos] = Value::Float(p[1] as f64);
+            }
+        }
+        checksum += p[1] as f64 + l[0] as f64;
+    }
+    Ok(checksum)
+}
+
+/// CPU seconds of one pass over `n` rows by each way, interleaved chunk by chunk so that all
+/// four see the same machine (a shared host's speed moves within a second): the operator with
+/// ONNX Runtime, the direct loop from rows, ONNX Runtime on ready tensors, the operator with
+/// the native scorer. The operator's per-chunk times go to `latency` (µs).
+fn round(onnx: &mut Case, native: &mut Case, latency: &mut hdrhistogram::Histogram<u64>) -> anyhow::Result<[f64; 4]> {
+    let (mut keep, mut x, mut cpu, mut checksum) = (Vec::new(), Vec::with_capacity(onnx.batch * FEATURES), [0.0; 4], 0.0);
+    for i in 0..onnx.n / CHUNK {
+        let started = Instant::now();
+        let op = operator_chunk(onnx, i, &mut keep);
+        let _ = latency.record(started.elapsed().as_micros().max(1) as u64);
+        let t1 = thread_cpu();
+        checksum += direct_chunk(onnx, i, true, &mut x)?;
+        let t2 = thread_cpu();
+        checksum += direct_chunk(onnx, i, false, &mut x)?;
+        let t3 = thread_cpu();
+        let nat = operator_chunk(native, i, &mut keep);
+        for (total, d) in cpu.iter_mut().zip([op, t2 - t1, t3 - t2, nat]) {
+            *total += d;
         }
     }
-    Ok((cpu_seconds() - cpu0, checksum))
+    std::hint::black_box(checksum);
+    Ok(cpu)
+}
+
+fn median_of(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn rate(n: usize, cpu: f64) -> f64 {
@@ -192,18 +220,16 @@ pub fn score_bench(events: u64) -> anyhow::Result<serde_json::Value> {
         for batch in [256, 1024] {
             let mut onnx = case(version, "onnx", batch, n)?;
             let mut native = case(version, "native", batch, n)?;
-            let (mut op, mut nat, mut dir, mut ready) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut latency = hdrhistogram::Histogram::<u64>::new(3)?;
-            let mut discard = hdrhistogram::Histogram::<u64>::new(3)?;
+            let mut rounds = Vec::new();
             for _ in 0..5 {
-                op.push(serde_json::json!(through_operator(&mut onnx, &mut latency)));
-                dir.push(serde_json::json!(direct(&mut onnx, true)?.0));
-                ready.push(serde_json::json!(direct(&mut onnx, false)?.0));
-                nat.push(serde_json::json!(through_operator(&mut native, &mut discard)));
+                rounds.push(round(&mut onnx, &mut native, &mut latency)?);
             }
             let inside = onnx.model.report();
-            let m = |v: Vec<serde_json::Value>| median(v).as_f64().unwrap_or(0.0);
-            let (op, dir, nat, model_only) = (m(op), m(dir), m(nat), m(ready));
+            // Each way's median over the rounds, and the median of the per-round ratio.
+            let m = |k: usize| median_of(rounds.iter().map(|r| r[k]).collect());
+            let (op, dir, model_only, nat) = (m(0), m(1), m(2), m(3));
+            let ratio = |k: usize| median_of(rounds.iter().map(|r| r[k] / r[0]).collect());
             let line = serde_json::json!({
                 "name": "score_operator",
                 "model": model,
@@ -211,9 +237,9 @@ pub fn score_bench(events: u64) -> anyhow::Result<serde_json::Value> {
                 "rows": n,
                 "operator_onnx_predictions_per_cpu_sec": rate(n, op),
                 "direct_onnx_predictions_per_cpu_sec": rate(n, dir),
-                "operator_vs_direct": ((dir / op) * 1000.0).round() / 1000.0,
+                "operator_vs_direct": (ratio(1) * 1000.0).round() / 1000.0,
                 "onnx_on_ready_tensors_predictions_per_cpu_sec": rate(n, model_only),
-                "operator_vs_ready_tensors": ((model_only / op) * 1000.0).round() / 1000.0,
+                "operator_vs_ready_tensors": (ratio(2) * 1000.0).round() / 1000.0,
                 "operator_native_predictions_per_cpu_sec": rate(n, nat),
                 "operator_onnx_ns_per_row_inside_model": (inside.model_seconds * 1e9 / inside.rows.max(1) as f64).round(),
                 "added_latency_us_p50": latency.value_at_quantile(0.5),

@@ -45,6 +45,7 @@ impl Predictions {
     }
 
     /// Row `r`'s label, if the model is a classifier.
+    #[inline]
     pub fn label(&self, r: usize) -> Option<i64> {
         self.labels.get(r).copied()
     }
@@ -56,16 +57,17 @@ impl Predictions {
 
     /// The probability a job reports: of the second class for a binary classifier (the
     /// positive one: churns, fraud, anomalous), else of the predicted class.
+    #[inline]
     pub fn probability(&self, r: usize) -> Option<f32> {
-        let p = self.probabilities(r);
-        match p.len() {
+        match self.classes {
             0 => None,
-            2 => Some(p[1]),
-            _ => p.iter().copied().reduce(f32::max),
+            2 => self.probabilities.get(2 * r + 1).copied(),
+            c => self.probabilities.get(r * c..(r + 1) * c)?.iter().copied().reduce(f32::max),
         }
     }
 
     /// Row `r`'s score, if the model is a regressor.
+    #[inline]
     pub fn score(&self, r: usize) -> Option<f32> {
         self.scores.get(r).copied()
     }
