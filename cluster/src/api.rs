@@ -525,6 +525,7 @@ fn merge(mut total: JobStatus, peers: &[JobStatus]) -> JobStatus {
             t.batches += m.batches;
             t.defaulted += m.defaulted;
             t.skipped += m.skipped;
+            t.other_tenants += m.other_tenants;
             t.errors += m.errors;
             t.model_seconds += m.model_seconds;
             t.swaps += m.swaps;

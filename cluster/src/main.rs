@@ -485,7 +485,7 @@ fn summary(r: &RunReport, dead_path: &str) {
     }
     for m in &r.models {
         eprintln!(
-            "model {} v{} ({}): {} rows scored in {} batches, {} features defaulted, {} rows skipped, {} failed{}",
+            "model {} v{} ({}): {} rows scored in {} batches, {} features defaulted, {} rows skipped, {} failed{}{}",
             m.model,
             m.version,
             m.runtime,
@@ -494,6 +494,10 @@ fn summary(r: &RunReport, dead_path: &str) {
             m.defaulted,
             m.skipped,
             m.errors,
+            match m.other_tenants {
+                0 => String::new(),
+                n => format!(", {n} rows of other tenants left unscored"),
+            },
             match m.shadow_version {
                 Some(v) => format!("; shadow v{v}: {} of {} rows disagree", m.shadow_disagreements, m.shadow_rows),
                 None => String::new(),

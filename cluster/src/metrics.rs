@@ -105,6 +105,12 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
         counter(&r, "model_features_defaulted_total", "Missing or invalid features that took the step's default", &model_labels)?;
     let model_skipped =
         counter(&r, "model_rows_skipped_total", "Rows not scored for a missing feature (on_missing = \"skip\")", &model_labels)?;
+    let model_other_tenants = counter(
+        &r,
+        "model_rows_other_tenants_total",
+        "Rows of other tenants than the model's owner, left unscored (outputs NULL)",
+        &model_labels,
+    )?;
     let model_errors = counter(&r, "model_errors_total", "Rows of batches the model failed on (outputs NULL)", &model_labels)?;
     let model_seconds = seconds_counter(&r, "model_seconds_total", "Time inside the model, summed over the workers", &model_labels)?;
     let model_version = gauge(&r, "model_version", "The live model version a score step uses", &model_labels)?;
@@ -237,6 +243,7 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
             model_defaulted.with_label_values(&labels).inc_by(m.defaulted);
             model_skipped.with_label_values(&labels).inc_by(m.skipped);
             model_errors.with_label_values(&labels).inc_by(m.errors);
+            model_other_tenants.with_label_values(&labels).inc_by(m.other_tenants);
             model_seconds.with_label_values(&labels).inc_by(m.model_seconds);
             model_version.with_label_values(&labels).set(m.version as f64);
             model_swaps.with_label_values(&labels).inc_by(m.swaps);

@@ -109,6 +109,9 @@ pub struct ScorePlan {
     /// Which outputs (label, class, probability, score, drift) anything reads; the others stay
     /// NULL.
     pub used: [bool; 5],
+    /// The tenant field's row position, unless a `select` removed it (a model that a tenant
+    /// owns scores only that tenant's rows).
+    pub tenant_pos: Option<usize>,
 }
 
 impl ScorePlan {
@@ -274,6 +277,8 @@ pub(crate) struct V<'a> {
     pub(crate) errors: Vec<JobError>,
     /// After a window: the series key (tenant and window key fields), which anomaly steps follow.
     pub(crate) series: Option<Vec<String>>,
+    /// The schema's tenant field (score steps find it in the rows they score).
+    pub(crate) tenant: String,
 }
 
 impl V<'_> {
@@ -393,6 +398,7 @@ impl V<'_> {
                         drift_pos,
                         origin,
                         used: [true; 5],
+                        tenant_pos: before.lookup(&self.tenant).map(|(pos, _)| pos),
                     };
                     out.push(PlannedStep { schema: before, kind: PlannedKind::Score(Box::new(plan)) });
                 }
@@ -585,7 +591,7 @@ impl V<'_> {
 
 /// Checks a parsed job against its own schema.
 pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors> {
-    let mut v = V { file, text, errors: Vec::new(), series: None };
+    let mut v = V { file, text, errors: Vec::new(), series: None, tenant: spec.schema.tenant.value.clone() };
     let input = Schema::new(spec.schema.fields.iter().map(|(n, t)| (n.value.clone(), *t)).collect());
     if input.is_empty() {
         v.at(&spec.schema.tenant, "the schema declares no fields (add a [schema.fields] table)".into());

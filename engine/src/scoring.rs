@@ -60,6 +60,8 @@ pub struct ScoreStats {
     pub skipped: AtomicU64,
     /// Rows whose batch the model failed on (outputs NULL).
     pub errors: AtomicU64,
+    /// Rows of other tenants than the one owning the model (not scored, outputs NULL).
+    pub other_tenants: AtomicU64,
     /// Nanoseconds inside the model.
     pub model_ns: AtomicU64,
     pub shadow_rows: AtomicU64,
@@ -89,6 +91,7 @@ pub struct ModelReport {
     pub defaulted: u64,
     pub skipped: u64,
     pub errors: u64,
+    pub other_tenants: u64,
     pub model_seconds: f64,
     pub shadow_rows: u64,
     pub shadow_disagreements: u64,
@@ -252,6 +255,12 @@ impl ScoreModel {
         }
         let name = self.name();
         let meta = self.registry.describe(name, version).map_err(|e| e.to_string())?;
+        if let (Some(owner), None) = (&meta.tenant, self.plan.tenant_pos) {
+            return Err(format!(
+                "model `{name}` version {version} belongs to tenant `{owner}` and scores only that tenant's rows, \
+                 but a `select` before this step removed the tenant field: keep it"
+            ));
+        }
         let path = self.registry.model_path(name, version);
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let features: Vec<String> = if self.plan.spec.features.is_empty() {
@@ -341,6 +350,7 @@ impl ScoreModel {
             defaulted: s.defaulted.load(Relaxed),
             skipped: s.skipped.load(Relaxed),
             errors: s.errors.load(Relaxed),
+            other_tenants: s.other_tenants.load(Relaxed),
             model_seconds: s.model_ns.load(Relaxed) as f64 / 1e9,
             shadow_rows,
             shadow_disagreements: s.shadow_disagreements.load(Relaxed),
@@ -497,6 +507,8 @@ fn number(v: &Value) -> f32 {
 struct Running {
     version: u32,
     model: Model,
+    /// The tenant that owns this version (it scores only that tenant's rows), if any.
+    owner: Option<CompactString>,
     features: Vec<Feature>,
     /// The features' field positions, when every feature is a field.
     columns: Option<Vec<usize>>,
@@ -520,6 +532,7 @@ impl Running {
         Ok(Running {
             version,
             model,
+            owner: loaded.meta.tenant.as_deref().map(CompactString::from),
             columns,
             features,
             class_names: loaded.meta.class_names.iter().map(CompactString::from).collect(),
@@ -606,6 +619,15 @@ impl Running {
     }
 }
 
+/// Whether a row of tenant `tenant` (its tenant field) belongs to `owner`.
+fn owns(owner: &str, tenant: &Value) -> bool {
+    match tenant {
+        Value::Str(t) => t == owner,
+        Value::Int(t) => owner.parse() == Ok(*t),
+        _ => false,
+    }
+}
+
 /// Sets field `pos` of each row of `batch` (indexes into `rows`) to `value(j)`, j the row's
 /// place in the batch.
 #[inline]
@@ -677,20 +699,30 @@ impl Scorer {
 
     /// Scores the rows of `rows` whose `keep` is true, in batches.
     pub fn score(&mut self, rows: &mut [&mut [Value]], keep: &[bool]) {
-        let size = self.shared.plan.spec.batch_size.max(1);
+        let p = &self.shared.plan;
+        let size = p.spec.batch_size.max(1);
+        let outputs = [p.label_pos, p.class_pos, p.probability_pos, p.score_pos];
+        // A tenant's model scores that tenant's rows only (load checked the field is there).
+        let owner = self.live.owner.clone().zip(p.tenant_pos);
+        let mut other_tenants = 0;
         let mut start = 0;
         while start < rows.len() {
             self.batch.clear();
             let end = (start + size).min(rows.len());
-            if keep[start..end].iter().fold(true, |all, k| all & *k) {
+            if owner.is_none() && keep[start..end].iter().fold(true, |all, k| all & *k) {
                 // No row filtered out (the common case): the batch is a range.
                 self.batch.extend(start..end);
                 start = end;
             } else {
                 let mut i = start;
                 while i < rows.len() && self.batch.len() < size {
-                    if keep[i] {
-                        self.batch.push(i);
+                    match &owner {
+                        _ if !keep[i] => {}
+                        Some((tenant, pos)) if !owns(tenant, &rows[i][*pos]) => {
+                            other_tenants += 1;
+                            outputs.iter().for_each(|o| rows[i][*o] = Value::Null);
+                        }
+                        _ => self.batch.push(i),
                     }
                     i += 1;
                 }
@@ -699,6 +731,9 @@ impl Scorer {
             if !self.batch.is_empty() {
                 self.score_batch(rows);
             }
+        }
+        if other_tenants > 0 {
+            self.shared.stats.other_tenants.fetch_add(other_tenants, Relaxed);
         }
     }
 
@@ -780,6 +815,10 @@ impl Scorer {
     /// (already written to the rows).
     fn shadow_batch(&mut self, rows: &[&mut [Value]]) {
         let Some(sh) = self.shadow.as_mut() else { return };
+        if sh.owner.is_some() && sh.owner != self.live.owner {
+            // The batch is the live version's rows; another tenant's candidate must not see them.
+            return;
+        }
         let m = &*self.shared;
         sh.features(rows, &self.batch, &m.plan.spec, &m.stats, &mut self.shadow_ok);
         let n = self.shadow_ok.iter().filter(|o| **o).count();

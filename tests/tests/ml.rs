@@ -2,7 +2,8 @@
 //! per test): both runtimes give the same predictions, a promoted version takes over at a
 //! checkpoint while the job runs, a savepoint restores with the version it recorded (not the
 //! registry's live one), shadow candidates are compared row by row, missing features follow the
-//! step's policy, and bad score steps get exact errors.
+//! step's policy, a tenant's model scores only its tenant's rows, and bad score steps get exact
+//! errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -315,6 +316,54 @@ path = "out.jsonl"
         let scored = !r["churn_probability"].is_null();
         assert_eq!(scored, r["user_id"] == "u1" || r["user_id"] == "u4", "{r}");
     }
+}
+
+#[test]
+fn a_tenants_model_scores_only_that_tenants_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    registry(d);
+    // churn-risk v1 uploaded again as `churn-b`, owned by tenant b.
+    let v1 = repo().join("jobs/models/churn-risk/1");
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(v1.join("meta.json")).expect("meta")).expect("json");
+    let mut meta = serde_json::Map::new();
+    for key in ["features", "description", "class_names", "training"] {
+        meta.insert(key.into(), stored[key].clone());
+    }
+    meta.insert("tenant".into(), "b".into());
+    std::fs::write(d.join("meta-b.json"), Value::Object(meta).to_string()).expect("meta");
+    let model = v1.join("model.onnx").display().to_string();
+    let upload = ["model", "upload", "churn-b", model.as_str(), "--meta", "meta-b.json", "--registry", "models"];
+    ok(tf(d, &upload));
+    let lines = ["a", "b", "c", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!(r#"{{"tenant_id": "{t}", "user_id": "u{i}", "plays": 10, "ts": "2026-03-01T00:00:0{i}Z"}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(d.join("in.jsonl"), lines + "\n").expect("input");
+    let job = |select: &str| {
+        format!(
+            "name = \"owned\"\n[source]\ntype = \"file\"\npath = \"{}\"\n[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nuser_id = \"string\"\nplays = \"int\"\nts = \"timestamp\"\n{select}[[steps]]\nscore = \"churn-b\"\nfeatures = [\"plays\", \"1\", \"1\", \"0\", \"30\"]\nas = \"churn\"\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+            d.join("in.jsonl").display()
+        )
+    };
+    let (rows, err) = run_window(d, "owned", &job(""), &[]);
+    assert_eq!(rows.len(), 4, "{err}");
+    for r in &rows {
+        let scored = !r["churn_probability"].is_null() && !r["churn_label"].is_null();
+        assert_eq!(scored, r["tenant_id"] == "b", "only tenant b's rows are scored: {r}");
+    }
+    assert!(
+        err.contains("2 rows scored in 1 batches, 0 features defaulted, 0 rows skipped, 0 failed, 2 rows of other tenants left unscored"),
+        "{err}"
+    );
+    // Without the tenant field the step cannot tell whose rows it scores: refused.
+    std::fs::write(d.join("no-tenant.toml"), job("[[steps]]\nselect = [\"user_id\", \"plays\"]\n")).expect("job");
+    let out = tf(d, &["validate", "no-tenant.toml", "--models", "models"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no-tenant.toml:15:10: `steps[1].score`: model `churn-b` version 1 belongs to tenant `b`"), "{err}");
 }
 
 #[test]
