@@ -25,7 +25,7 @@ for _ in range(3):
     P = S ** 2
     mel = librosa.feature.melspectrogram(S=P, sr=sr)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), sr=sr)
-    chroma = librosa.feature.chroma_stft(S=P, sr=sr, tuning=0.0)
+    chroma = librosa.feature.chroma_stft(S=P, sr=sr)
     centroid = librosa.feature.spectral_centroid(S=S, sr=sr)
     rolloff = librosa.feature.spectral_rolloff(S=S, sr=sr)
     zcr = librosa.feature.zero_crossing_rate(y)

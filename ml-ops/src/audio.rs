@@ -2,7 +2,8 @@
 //! short-time Fourier transform (2048-sample periodic Hann frames every 512 samples, centred on
 //! zero padding), power and mel spectrograms (128 Slaney-scale bands, Slaney norm), MFCC (20
 //! coefficients: orthonormal DCT-II of the mel power in dB, floored 80 dB below the clip's
-//! peak), chroma (12 pitch classes, tuning 0), spectral centroid and 85% rolloff (on magnitude),
+//! peak), chroma (12 pitch classes, the tuning estimated from the clip's spectral peaks),
+//! spectral centroid and 85% rolloff (on magnitude),
 //! zero-crossing rate (edge-padded frames) and RMS (zero-padded frames).
 //!
 //! `ml-ops/tests/audio.rs` compares every feature with librosa's own output on synthetic signals
@@ -22,11 +23,14 @@ pub struct Params {
     pub n_mfcc: usize,
     pub top_db: f64,
     pub roll_percent: f64,
+    /// Chroma's deviation from A440 in fractions of a pitch class; none: estimated per clip
+    /// (`librosa.estimate_tuning`, as `chroma_stft` does by default).
+    pub tuning: Option<f64>,
 }
 
 impl Default for Params {
     fn default() -> Params {
-        Params { n_fft: 2048, hop: 512, n_mels: 128, n_mfcc: 20, top_db: 80.0, roll_percent: 0.85 }
+        Params { n_fft: 2048, hop: 512, n_mels: 128, n_mfcc: 20, top_db: 80.0, roll_percent: 0.85, tuning: None }
     }
 }
 
@@ -42,6 +46,8 @@ pub struct Features {
     pub mfcc: Vec<f64>,
     /// 12 x frames.
     pub chroma: Vec<f64>,
+    /// The tuning chroma used.
+    pub tuning: f64,
     pub centroid: Vec<f64>,
     pub rolloff: Vec<f64>,
     pub zcr: Vec<f64>,
@@ -66,8 +72,8 @@ pub struct Extractor {
     mel: Vec<(usize, Vec<f64>)>,
     /// `n_mfcc x n_mels`.
     dct: Vec<f64>,
-    /// `12 x bins`.
-    chroma: Vec<f64>,
+    /// `12 x bins` per tuning met so far (in hundredths, the estimate's resolution).
+    chroma: std::collections::HashMap<i64, Vec<f64>>,
     freqs: Vec<f64>,
     buf: Vec<Complex<f64>>,
     scratch: Vec<Complex<f64>>,
@@ -133,18 +139,7 @@ impl Extractor {
                 })
             })
             .collect();
-        Extractor {
-            chroma: chroma_filters(sr, n),
-            sr,
-            p,
-            window,
-            fft,
-            mel,
-            dct,
-            freqs,
-            buf: vec![Complex::default(); n],
-            scratch: Vec::new(),
-        }
+        Extractor { chroma: Default::default(), sr, p, window, fft, mel, dct, freqs, buf: vec![Complex::default(); n], scratch: Vec::new() }
     }
 
     pub fn sample_rate(&self) -> f64 {
@@ -196,12 +191,16 @@ impl Extractor {
                 f.mfcc[k * frames + t] = basis.iter().enumerate().map(|(i, b)| b * db[i * frames + t]).sum();
             }
         }
-        // Chroma: the filter bank on power, each frame scaled to a maximum of 1.
+        // Chroma: the filter bank for the clip's tuning on power, each frame scaled to a maximum
+        // of 1.
+        f.tuning = self.p.tuning.unwrap_or_else(|| estimate_tuning(&f.power, frames, self.sr, n));
+        let (sr, key) = (self.sr, (f.tuning * 100.0).round() as i64);
+        let bank = self.chroma.entry(key).or_insert_with(|| chroma_filters(sr, n, f.tuning));
         f.chroma = vec![0.0; 12 * frames];
         for t in 0..frames {
             let mut max = 0.0f64;
             for c in 0..12 {
-                let w = &self.chroma[c * bins..(c + 1) * bins];
+                let w = &bank[c * bins..(c + 1) * bins];
                 let v: f64 = w.iter().enumerate().map(|(k, w)| w * f.power[k * frames + t]).sum();
                 f.chroma[c * frames + t] = v;
                 max = max.max(v.abs());
@@ -264,12 +263,70 @@ impl Extractor {
     }
 }
 
-/// librosa's chroma filter bank (`filters.chroma`, tuning 0): Gaussian bumps around each pitch
-/// class, column-normalised, weighted towards octave 5, starting at C; `12 x (n_fft / 2 + 1)`.
-fn chroma_filters(sr: f64, n_fft: usize) -> Vec<f64> {
+/// librosa's `estimate_tuning` as `chroma_stft` calls it, on the power spectrogram
+/// (`bins x frames`): `piptrack`'s peaks (local maxima between 150 Hz and 4 kHz of each frame's
+/// bins above a tenth of its maximum, refined by parabolic interpolation), those at or above
+/// the median peak magnitude, and the most common deviation of their pitch from the equal-
+/// tempered scale, in hundredths of a pitch class in [-0.5, 0.5). librosa runs this in float32,
+/// and so does this (a peak or a histogram bin decided otherwise would move the estimate).
+pub fn estimate_tuning(power: &[f64], frames: usize, sr: f64, n_fft: usize) -> f64 {
+    let bins = n_fft / 2 + 1;
+    let (fmin, fmax) = (150.0, 4000.0f64.min(sr / 2.0));
+    let mut peaks: Vec<(f32, f32)> = Vec::new();
+    for t in 0..frames {
+        let s = |k: usize| power[k * frames + t] as f32;
+        let floor = 0.1 * (0..bins).map(s).fold(0.0, f32::max);
+        let gated = |k: usize| if s(k) > floor { s(k) } else { 0.0 };
+        for k in 1..bins {
+            let f = k as f64 * sr / n_fft as f64;
+            let last = k == bins - 1;
+            let local_max = gated(k) > gated(k - 1) && (last || gated(k) >= gated(k + 1));
+            if !(fmin <= f && f < fmax && local_max) {
+                continue;
+            }
+            let (shift, slope) = if last {
+                (0.0, s(k) - s(k - 1))
+            } else {
+                // As librosa's numba stencil types it: float32 sums, float64 from the integer
+                // constants on.
+                let a = (s(k + 1) + s(k - 1)) as f64 - 2.0 * s(k) as f64;
+                let b = (s(k + 1) - s(k - 1)) as f64 / 2.0;
+                (if b.abs() >= a.abs() { 0.0 } else { (-b / a) as f32 }, (s(k + 1) - s(k - 1)) / 2.0)
+            };
+            let pitch = ((k as f64 + shift as f64) * sr / n_fft as f64) as f32;
+            peaks.push((pitch, s(k) + 0.5 * slope * shift));
+        }
+    }
+    if peaks.is_empty() {
+        return 0.0;
+    }
+    let mut magnitudes: Vec<f32> = peaks.iter().map(|p| p.1).collect();
+    magnitudes.sort_by(f32::total_cmp);
+    let m = magnitudes.len();
+    let median = if m % 2 == 1 { magnitudes[m / 2] } else { (magnitudes[m / 2 - 1] + magnitudes[m / 2]) / 2.0 };
+    // The deviation histogram: 100 bins over [-0.5, 0.5], edges as numpy's linspace makes them.
+    let edges: Vec<f64> = (0..=100).map(|i| if i == 100 { 0.5 } else { -0.5 + i as f64 * 0.01 }).collect();
+    let mut counts = [0u32; 100];
+    for (pitch, _) in peaks.iter().filter(|(p, mag)| *mag >= median && *p > 0.0) {
+        let mut residual = (12.0 * (pitch / 27.5).log2()).rem_euclid(1.0);
+        if residual >= 0.5 {
+            residual -= 1.0;
+        }
+        let r = residual as f64;
+        let bin = edges.partition_point(|e| *e <= r).clamp(1, 100) - 1;
+        counts[bin] += 1;
+    }
+    let best = counts.iter().enumerate().fold(0, |best, (i, c)| if *c > counts[best] { i } else { best });
+    edges[best]
+}
+
+/// librosa's chroma filter bank (`filters.chroma`): Gaussian bumps around each pitch class (A
+/// at 440 Hz shifted by `tuning` pitch classes), column-normalised, weighted towards octave 5,
+/// starting at C; `12 x (n_fft / 2 + 1)`.
+fn chroma_filters(sr: f64, n_fft: usize, tuning: f64) -> Vec<f64> {
     let n_chroma = 12.0f64;
     let bins = n_fft / 2 + 1;
-    let a440 = 440.0f64;
+    let a440 = 440.0 * 2f64.powf(tuning / n_chroma);
     // Frequency of each FFT bin in chroma bins (12 per octave); bin 0 is made 1.5 octaves below bin 1.
     let mut frqbins: Vec<f64> = (1..n_fft).map(|k| n_chroma * (k as f64 * sr / n_fft as f64 / (a440 / 16.0)).log2()).collect();
     frqbins.insert(0, frqbins[0] - 1.5 * n_chroma);

@@ -4,7 +4,8 @@ Signals: synthetic ones generated here (a 440 Hz sine, a chord, a chirp, white n
 22050 Hz) and a 3 s excerpt of Debian's asterisk-moh-opsound-wav (manolo_camp-morning_coffee.wav,
 8 kHz mono 16-bit, CC-BY-SA 3.0), which scripts/ml/audio_reference.sh unpacks. Each signal is
 written as 16-bit PCM WAV next to a JSON file of librosa's features with default parameters
-(n_fft 2048, hop 512, center=True, 128 Slaney mel bands, 20 MFCCs; chroma with tuning=0).
+(n_fft 2048, hop 512, center=True, 128 Slaney mel bands, 20 MFCCs; chroma with the tuning it
+estimates, also written as `tuning`, and chroma at tuning 0 as `chroma_tuning0`).
 """
 
 import json
@@ -30,7 +31,10 @@ def features(y, sr):
         "samples": len(y),
         "mel": mel.tolist(),
         "mfcc": librosa.feature.mfcc(y=y, sr=sr).tolist(),
-        "chroma": librosa.feature.chroma_stft(y=y, sr=sr, tuning=0.0).tolist(),
+        "chroma": librosa.feature.chroma_stft(y=y, sr=sr).tolist(),
+        "chroma_tuning0": librosa.feature.chroma_stft(y=y, sr=sr, tuning=0.0).tolist(),
+        # What chroma_stft estimates: on the power spectrogram.
+        "tuning": float(librosa.estimate_tuning(S=np.abs(librosa.stft(y)) ** 2, sr=sr, bins_per_octave=12)),
         "centroid": librosa.feature.spectral_centroid(y=y, sr=sr)[0].tolist(),
         "rolloff": librosa.feature.spectral_rolloff(y=y, sr=sr)[0].tolist(),
         "zcr": librosa.feature.zero_crossing_rate(y)[0].tolist(),
