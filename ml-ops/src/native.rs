@@ -53,6 +53,31 @@ impl Post {
     }
 }
 
+/// ONNX Runtime's batched logistic (MLAS's `MlasComputeLogistic`, the rational approximation
+/// Eigen uses, clamped to [0, 1]): what its `LinearClassifier` applies to two or more score
+/// columns. No `exp`, so the loop vectorizes.
+fn logistic_batch(v: &mut [f32]) {
+    // MLAS's coefficients as it writes them (rounded to f32 alike).
+    #[allow(clippy::excessive_precision)]
+    const A: [f32; 5] = [4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03, 2.48287947061529e-01];
+    #[allow(clippy::excessive_precision)]
+    const B: [f32; 6] = [
+        6.10247389755681e-13,
+        5.76102136993427e-09,
+        6.29106785017040e-06,
+        1.70198817374094e-03,
+        1.16817656904453e-01,
+        9.93151921023180e-01,
+    ];
+    for x in v {
+        let value = x.clamp(-18.0, 18.0);
+        let sq = value * value;
+        let p = (((A[0] * sq + A[1]) * sq + A[2]) * sq + A[3]) * sq + A[4];
+        let q = ((((B[0] * sq + B[1]) * sq + B[2]) * sq + B[3]) * sq + B[4]) * sq + B[5];
+        *x = (p * value / q + 0.5).clamp(0.0, 1.0);
+    }
+}
+
 /// ONNX Runtime's logistic: computed on |x| so that both halves are exact complements.
 #[inline]
 fn logistic(x: f32) -> f32 {
@@ -205,28 +230,23 @@ impl NativeModel {
     /// Scores `rows` rows of `features` values each (row-major) into `out`.
     pub fn predict(&self, x: &[f32], rows: usize, out: &mut Predictions) {
         out.clear();
-        let mut scores = std::mem::take(&mut out.scratch);
-        scores.resize(self.targets().max(2), 0.0);
-        for r in 0..rows {
-            let row = &x[r * self.features..(r + 1) * self.features];
-            match &self.kind {
-                Kind::Linear(l) => l.row(row, &mut scores, out),
-                Kind::Trees(t) => t.row(row, &mut scores, out),
+        match &self.kind {
+            Kind::Linear(l) => l.predict(&x[..rows * self.features], self.features, out),
+            Kind::Trees(t) => {
+                let mut scores = std::mem::take(&mut out.scratch);
+                scores.resize(t.targets.max(2), 0.0);
+                for row in x[..rows * self.features].chunks_exact(self.features) {
+                    t.row(row, &mut scores, out);
+                }
+                out.scratch = scores;
             }
-            if let Some(norm) = self.normalize {
-                let n = out.probabilities.len();
-                norm.apply(&mut out.probabilities[n - out.classes..]);
+        }
+        if let (Some(norm), c) = (self.normalize, out.classes) {
+            if c > 0 {
+                out.probabilities.chunks_exact_mut(c).for_each(|p| norm.apply(p));
             }
         }
         out.rows = rows;
-        out.scratch = scores;
-    }
-
-    fn targets(&self) -> usize {
-        match &self.kind {
-            Kind::Linear(l) => l.targets,
-            Kind::Trees(t) => t.targets,
-        }
     }
 }
 
@@ -254,24 +274,35 @@ impl Linear {
         Ok(Linear { coef, intercepts, targets, post: Post::parse(a)?, labels })
     }
 
-    #[inline]
-    fn row(&self, x: &[f32], scores: &mut [f32], out: &mut Predictions) {
-        let s = &mut scores[..self.targets];
-        for (t, v) in s.iter_mut().enumerate() {
-            let w = &self.coef[t * x.len()..(t + 1) * x.len()];
-            *v = self.intercepts[t] + w.iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
-        }
-        match &self.labels {
-            Some(labels) => {
-                let best = argmax(s);
-                self.post.apply(s);
-                out.push_class(labels[best], s);
-            }
-            None => {
-                self.post.apply(s);
-                out.push_score(s[0]);
+    /// Scores a batch (row-major, `features` per row): all score columns first, then the
+    /// labels and the post transform over the whole batch, as ONNX Runtime does.
+    fn predict(&self, x: &[f32], features: usize, out: &mut Predictions) {
+        let t = self.targets;
+        let mut s = std::mem::take(&mut out.scratch);
+        s.clear();
+        s.resize(x.len() / features * t, 0.0);
+        for (row, scores) in x.chunks_exact(features).zip(s.chunks_exact_mut(t)) {
+            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(features)) {
+                *v = b + w.iter().zip(row).map(|(w, x)| w * x).sum::<f32>();
             }
         }
+        match (&self.labels, t) {
+            // Binary: the second class when its score is higher (a tie goes to the first).
+            (Some(labels), 2) => out.labels.extend(s.chunks_exact(2).map(|p| labels[(p[1] > p[0]) as usize])),
+            (Some(labels), _) => out.labels.extend(s.chunks_exact(t).map(|row| labels[argmax(row)])),
+            (None, _) => {}
+        }
+        match self.post {
+            Post::Logistic if t > 1 => logistic_batch(&mut s),
+            post => s.chunks_exact_mut(t).for_each(|row| post.apply(row)),
+        }
+        if self.labels.is_some() {
+            out.probabilities.extend_from_slice(&s);
+            out.classes = t;
+        } else {
+            out.scores.extend(s.iter().step_by(t));
+        }
+        out.scratch = s;
     }
 }
 
