@@ -230,6 +230,7 @@ pub fn score_bench(events: u64) -> anyhow::Result<serde_json::Value> {
             let m = |k: usize| median_of(rounds.iter().map(|r| r[k]).collect());
             let (op, dir, model_only, nat) = (m(0), m(1), m(2), m(3));
             let ratio = |k: usize| median_of(rounds.iter().map(|r| r[k] / r[0]).collect());
+            let native_inside = native.model.report();
             let line = serde_json::json!({
                 "name": "score_operator",
                 "model": model,
@@ -243,6 +244,7 @@ pub fn score_bench(events: u64) -> anyhow::Result<serde_json::Value> {
                 "operator_native_predictions_per_cpu_sec": rate(n, nat),
                 "operator_native_vs_direct": (median_of(rounds.iter().map(|r| r[1] / r[3]).collect()) * 1000.0).round() / 1000.0,
                 "operator_onnx_ns_per_row_inside_model": (inside.model_seconds * 1e9 / inside.rows.max(1) as f64).round(),
+                "operator_native_ns_per_row_inside_model": (native_inside.model_seconds * 1e9 / native_inside.rows.max(1) as f64).round(),
                 "added_latency_us_p50": latency.value_at_quantile(0.5),
                 "added_latency_us_p99": latency.value_at_quantile(0.99),
                 "chunk_rows": CHUNK,

@@ -274,6 +274,17 @@ impl Linear {
         Ok(Linear { coef, intercepts, targets, post: Post::parse(a)?, labels })
     }
 
+    /// Each row's score columns (`N` features per row), summed in the generic loop's order.
+    fn scores<const N: usize>(&self, x: &[f32], s: &mut [f32]) {
+        let coef: Vec<[f32; N]> = self.coef.chunks_exact(N).filter_map(|w| w.try_into().ok()).collect();
+        for (row, scores) in x.chunks_exact(N).zip(s.chunks_exact_mut(self.targets)) {
+            let Ok(row) = <&[f32; N]>::try_from(row) else { continue };
+            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(&coef) {
+                *v = b + w.iter().zip(row).fold(0.0, |dot, (w, x)| dot + w * x);
+            }
+        }
+    }
+
     /// Scores a batch (row-major, `features` per row): all score columns first, then the
     /// labels and the post transform over the whole batch, as ONNX Runtime does.
     fn predict(&self, x: &[f32], features: usize, out: &mut Predictions) {
@@ -281,9 +292,22 @@ impl Linear {
         let mut s = std::mem::take(&mut out.scratch);
         s.clear();
         s.resize(x.len() / features * t, 0.0);
-        for (row, scores) in x.chunks_exact(features).zip(s.chunks_exact_mut(t)) {
-            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(features)) {
-                *v = b + w.iter().zip(row).map(|(w, x)| w * x).sum::<f32>();
+        match features {
+            // The usual widths, known to the compiler: each dot product unrolls.
+            1 => self.scores::<1>(x, &mut s),
+            2 => self.scores::<2>(x, &mut s),
+            3 => self.scores::<3>(x, &mut s),
+            4 => self.scores::<4>(x, &mut s),
+            5 => self.scores::<5>(x, &mut s),
+            6 => self.scores::<6>(x, &mut s),
+            7 => self.scores::<7>(x, &mut s),
+            8 => self.scores::<8>(x, &mut s),
+            _ => {
+                for (row, scores) in x.chunks_exact(features).zip(s.chunks_exact_mut(t)) {
+                    for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(features)) {
+                        *v = b + w.iter().zip(row).map(|(w, x)| w * x).sum::<f32>();
+                    }
+                }
             }
         }
         match (&self.labels, t) {
