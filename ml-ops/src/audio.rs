@@ -72,8 +72,8 @@ pub struct Extractor {
     mel: Vec<(usize, Vec<f64>)>,
     /// `n_mfcc x n_mels`.
     dct: Vec<f64>,
-    /// `12 x bins` per tuning met so far (in hundredths, the estimate's resolution).
-    chroma: std::collections::HashMap<i64, Vec<f64>>,
+    /// `12 x bins` per tuning met so far (by its bits; estimates are whole hundredths).
+    chroma: std::collections::HashMap<u64, Vec<f64>>,
     freqs: Vec<f64>,
     buf: Vec<Complex<f64>>,
     scratch: Vec<Complex<f64>>,
@@ -194,7 +194,7 @@ impl Extractor {
         // Chroma: the filter bank for the clip's tuning on power, each frame scaled to a maximum
         // of 1.
         f.tuning = self.p.tuning.unwrap_or_else(|| estimate_tuning(&f.power, frames, self.sr, n));
-        let (sr, key) = (self.sr, (f.tuning * 100.0).round() as i64);
+        let (sr, key) = (self.sr, f.tuning.to_bits());
         let bank = self.chroma.entry(key).or_insert_with(|| chroma_filters(sr, n, f.tuning));
         f.chroma = vec![0.0; 12 * frames];
         for t in 0..frames {
