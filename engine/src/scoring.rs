@@ -508,7 +508,7 @@ struct Running {
     version: u32,
     model: Model,
     /// The tenant that owns this version (it scores only that tenant's rows), if any.
-    owner: Option<CompactString>,
+    owner: Option<Owner>,
     features: Vec<Feature>,
     /// The features' field positions, when every feature is a field.
     columns: Option<Vec<usize>>,
@@ -532,7 +532,7 @@ impl Running {
         Ok(Running {
             version,
             model,
-            owner: loaded.meta.tenant.as_deref().map(CompactString::from),
+            owner: loaded.meta.tenant.as_deref().map(|t| Owner { name: t.into(), int: t.parse().ok() }),
             columns,
             features,
             class_names: loaded.meta.class_names.iter().map(CompactString::from).collect(),
@@ -620,21 +620,21 @@ impl Running {
     }
 }
 
-/// Whether a row of tenant `tenant` (its tenant field) belongs to `owner`.
-fn owns(owner: &str, tenant: &Value) -> bool {
-    match tenant {
-        Value::Str(t) => t == owner,
-        Value::Int(t) => owner.parse() == Ok(*t),
-        _ => false,
-    }
+/// The tenant owning a model version, as text and, for int tenant fields, as a number.
+#[derive(Clone, PartialEq)]
+struct Owner {
+    name: CompactString,
+    int: Option<i64>,
 }
 
-/// Sets field `pos` of each row of `batch` (indexes into `rows`) to `value(j)`, j the row's
-/// place in the batch.
-#[inline]
-fn write_column(rows: &mut [&mut [Value]], batch: &[usize], pos: usize, value: impl Fn(usize) -> Value) {
-    for (j, &r) in batch.iter().enumerate() {
-        rows[r][pos] = value(j);
+impl Owner {
+    /// Whether a row whose tenant field is `tenant` belongs to this owner.
+    fn owns(&self, tenant: &Value) -> bool {
+        match tenant {
+            Value::Str(t) => *t == self.name,
+            Value::Int(t) => self.int == Some(*t),
+            _ => false,
+        }
     }
 }
 
@@ -719,7 +719,7 @@ impl Scorer {
                 while i < rows.len() && self.batch.len() < size {
                     match &owner {
                         _ if !keep[i] => {}
-                        Some((tenant, pos)) if !owns(tenant, &rows[i][*pos]) => {
+                        Some((owner, pos)) if !owner.owns(&rows[i][*pos]) => {
                             other_tenants += 1;
                             outputs.iter().for_each(|o| rows[i][*o] = Value::Null);
                         }
@@ -769,43 +769,33 @@ impl Scorer {
             out.label(j).and_then(|l| usize::try_from(l).ok()).and_then(|l| names.get(l)).map_or(Value::Null, |c| Value::Str(c.clone()))
         };
         let float = |v: Option<f32>| v.map_or(Value::Null, |v| Value::Float(v as f64));
-        if drift_used {
-            write_column(rows, batch, p.drift_pos, |_| drift.clone());
-        }
-        if result.is_ok() && n == batch.len() {
-            // Every row scored (the common case): batch row j has prediction j.
-            for (j, &r) in batch.iter().enumerate() {
-                let row = &mut *rows[r];
-                if label_used {
-                    row[p.label_pos] = out.label(j).map_or(Value::Null, Value::Int);
-                }
-                if class_used {
-                    row[p.class_pos] = class(j);
-                }
-                if probability_used {
-                    row[p.probability_pos] = float(out.probability(j));
-                }
-                if score_used {
-                    row[p.score_pos] = float(out.score(j));
-                }
+        let failed = result.is_err();
+        // Batch row k's prediction is j: rows without all features have none.
+        let mut j = 0;
+        for (&r, &ok) in batch.iter().zip(&self.ok) {
+            let row = &mut *rows[r];
+            if drift_used {
+                row[p.drift_pos] = drift.clone();
             }
-        } else {
-            // Rows without all features, or a failed batch, get NULL outputs.
-            let mut j = 0;
-            for (&r, &ok) in batch.iter().zip(&self.ok) {
-                let row = &mut *rows[r];
-                if !ok || result.is_err() {
-                    for pos in [p.label_pos, p.class_pos, p.probability_pos, p.score_pos] {
-                        row[pos] = Value::Null;
-                    }
-                    continue;
+            if !ok || failed {
+                for pos in [p.label_pos, p.class_pos, p.probability_pos, p.score_pos] {
+                    row[pos] = Value::Null;
                 }
+                continue;
+            }
+            if label_used {
                 row[p.label_pos] = out.label(j).map_or(Value::Null, Value::Int);
-                row[p.class_pos] = class(j);
-                row[p.probability_pos] = float(out.probability(j));
-                row[p.score_pos] = float(out.score(j));
-                j += 1;
             }
+            if class_used {
+                row[p.class_pos] = class(j);
+            }
+            if probability_used {
+                row[p.probability_pos] = float(out.probability(j));
+            }
+            if score_used {
+                row[p.score_pos] = float(out.score(j));
+            }
+            j += 1;
         }
         if result.is_ok() {
             self.shadow_batch(rows);

@@ -276,10 +276,10 @@ impl Linear {
 
     /// Each row's score columns (`N` features per row), summed in the generic loop's order.
     fn scores<const N: usize>(&self, x: &[f32], s: &mut [f32]) {
-        let coef: Vec<[f32; N]> = self.coef.chunks_exact(N).filter_map(|w| w.try_into().ok()).collect();
         for (row, scores) in x.chunks_exact(N).zip(s.chunks_exact_mut(self.targets)) {
             let Ok(row) = <&[f32; N]>::try_from(row) else { continue };
-            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(&coef) {
+            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(N)) {
+                let Ok(w) = <&[f32; N]>::try_from(w) else { continue };
                 *v = b + w.iter().zip(row).fold(0.0, |dot, (w, x)| dot + w * x);
             }
         }
