@@ -53,29 +53,32 @@ impl Post {
     }
 }
 
+/// MLAS's logistic, `x p(x²) / q(x²) + 0.5`: the coefficients of `p` and `q` as it writes them
+/// (rounded to f32 alike).
+#[allow(clippy::excessive_precision)]
+const LOGISTIC_P: [f32; 5] = [4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03, 2.48287947061529e-01];
+#[allow(clippy::excessive_precision)]
+const LOGISTIC_Q: [f32; 6] =
+    [6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01];
+
 /// ONNX Runtime's batched logistic (MLAS's `MlasComputeLogistic`, the rational approximation
 /// Eigen uses, clamped to [0, 1]): what its `LinearClassifier` applies to two or more score
 /// columns. No `exp`, so the loop vectorizes.
 fn logistic_batch(v: &mut [f32]) {
-    // MLAS's coefficients as it writes them (rounded to f32 alike).
-    #[allow(clippy::excessive_precision)]
-    const A: [f32; 5] = [4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03, 2.48287947061529e-01];
-    #[allow(clippy::excessive_precision)]
-    const B: [f32; 6] = [
-        6.10247389755681e-13,
-        5.76102136993427e-09,
-        6.29106785017040e-06,
-        1.70198817374094e-03,
-        1.16817656904453e-01,
-        9.93151921023180e-01,
-    ];
     for x in v {
-        let value = x.clamp(-18.0, 18.0);
-        let sq = value * value;
-        let p = (((A[0] * sq + A[1]) * sq + A[2]) * sq + A[3]) * sq + A[4];
-        let q = ((((B[0] * sq + B[1]) * sq + B[2]) * sq + B[3]) * sq + B[4]) * sq + B[5];
-        *x = (p * value / q + 0.5).clamp(0.0, 1.0);
+        *x = (logistic_odd(*x) + 0.5).clamp(0.0, 1.0);
     }
+}
+
+/// MLAS's logistic less its 0.5: odd in `x`, so `-x` gives exactly the negation.
+#[inline(always)]
+fn logistic_odd(x: f32) -> f32 {
+    let value = x.clamp(-18.0, 18.0);
+    let sq = value * value;
+    let (a, b) = (LOGISTIC_P, LOGISTIC_Q);
+    let p = (((a[0] * sq + a[1]) * sq + a[2]) * sq + a[3]) * sq + a[4];
+    let q = ((((b[0] * sq + b[1]) * sq + b[2]) * sq + b[3]) * sq + b[4]) * sq + b[5];
+    p * value / q
 }
 
 /// ONNX Runtime's logistic: computed on |x| so that both halves are exact complements.
@@ -133,6 +136,9 @@ struct Linear {
     post: Post,
     /// Class labels (classifiers).
     labels: Option<Vec<i64>>,
+    /// A binary classifier as skl2onnx writes it, with a logistic: the first score column's
+    /// coefficients and intercept are the second's negated, so one column gives both.
+    mirrored: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -271,16 +277,48 @@ impl Linear {
         } else {
             None
         };
-        Ok(Linear { coef, intercepts, targets, post: Post::parse(a)?, labels })
+        let post = Post::parse(a)?;
+        let (first, second) = coef.split_at(features.min(coef.len()));
+        let mirrored = labels.is_some()
+            && targets == 2
+            && post == Post::Logistic
+            && first.iter().zip(second).all(|(a, b)| *a == -*b)
+            && intercepts[0] == -intercepts[1];
+        Ok(Linear { coef, intercepts, targets, post, labels, mirrored })
     }
 
-    /// Each row's score columns (`N` features per row), summed in the generic loop's order.
-    fn scores<const N: usize>(&self, x: &[f32], s: &mut [f32]) {
-        for (row, scores) in x.chunks_exact(N).zip(s.chunks_exact_mut(self.targets)) {
-            let Ok(row) = <&[f32; N]>::try_from(row) else { continue };
-            for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(N)) {
-                let Ok(w) = <&[f32; N]>::try_from(w) else { continue };
-                *v = b + w.iter().zip(row).fold(0.0, |dot, (w, x)| dot + w * x);
+    /// Score columns `targets` (coefficient rows and intercepts), column-major into `s`
+    /// (`s[j * rows + r]`), each `sum(w * x) + b` summed in feature order; `N` features per row.
+    /// A block of rows is first turned into columns so that each dot product runs down the
+    /// rows in vector lanes: row by row, it would be a chain of dependent scalar adds.
+    fn columns<const N: usize>(x: &[f32], coef: &[f32], intercepts: &[f32], s: &mut [f32]) {
+        const BLOCK: usize = 64;
+        let rows = x.len() / N;
+        let mut columns = [[0f32; BLOCK]; N];
+        for (k, block) in x.chunks(N * BLOCK).enumerate() {
+            let (start, n) = (k * BLOCK, block.len() / N);
+            for (r, row) in block.chunks_exact(N).enumerate() {
+                for (column, v) in columns.iter_mut().zip(row) {
+                    column[r] = *v;
+                }
+            }
+            for ((out, b), w) in s.chunks_exact_mut(rows.max(1)).zip(intercepts).zip(coef.chunks_exact(N)) {
+                let out = &mut out[start..start + n];
+                out.fill(0.0);
+                for (column, w) in columns.iter().zip(w) {
+                    out.iter_mut().zip(&column[..n]).for_each(|(a, x)| *a += w * x);
+                }
+                out.iter_mut().for_each(|a| *a += b);
+            }
+        }
+    }
+
+    /// [`Linear::columns`] for any width.
+    fn columns_any(x: &[f32], features: usize, coef: &[f32], intercepts: &[f32], s: &mut [f32]) {
+        let rows = x.len() / features;
+        for ((out, b), w) in s.chunks_exact_mut(rows.max(1)).zip(intercepts).zip(coef.chunks_exact(features)) {
+            for (v, row) in out.iter_mut().zip(x.chunks_exact(features)) {
+                *v = w.iter().zip(row).fold(0.0, |dot, (w, x)| dot + w * x) + b;
             }
         }
     }
@@ -288,44 +326,64 @@ impl Linear {
     /// Scores a batch (row-major, `features` per row): all score columns first, then the
     /// labels and the post transform over the whole batch, as ONNX Runtime does.
     fn predict(&self, x: &[f32], features: usize, out: &mut Predictions) {
-        let t = self.targets;
+        let (t, rows) = (self.targets, x.len() / features);
+        // A mirrored model's first column is the second's negation: only the second is computed.
+        let (coef, intercepts) =
+            if self.mirrored { (&self.coef[features..], &self.intercepts[1..]) } else { (&self.coef[..], &self.intercepts[..]) };
         let mut s = std::mem::take(&mut out.scratch);
         s.clear();
-        s.resize(x.len() / features * t, 0.0);
+        s.resize(rows * intercepts.len(), 0.0);
         match features {
-            // The usual widths, known to the compiler: each dot product unrolls.
-            1 => self.scores::<1>(x, &mut s),
-            2 => self.scores::<2>(x, &mut s),
-            3 => self.scores::<3>(x, &mut s),
-            4 => self.scores::<4>(x, &mut s),
-            5 => self.scores::<5>(x, &mut s),
-            6 => self.scores::<6>(x, &mut s),
-            7 => self.scores::<7>(x, &mut s),
-            8 => self.scores::<8>(x, &mut s),
-            _ => {
-                for (row, scores) in x.chunks_exact(features).zip(s.chunks_exact_mut(t)) {
-                    for ((v, b), w) in scores.iter_mut().zip(&self.intercepts).zip(self.coef.chunks_exact(features)) {
-                        *v = b + w.iter().zip(row).map(|(w, x)| w * x).sum::<f32>();
-                    }
-                }
+            // The usual widths, known to the compiler.
+            1 => Self::columns::<1>(x, coef, intercepts, &mut s),
+            2 => Self::columns::<2>(x, coef, intercepts, &mut s),
+            3 => Self::columns::<3>(x, coef, intercepts, &mut s),
+            4 => Self::columns::<4>(x, coef, intercepts, &mut s),
+            5 => Self::columns::<5>(x, coef, intercepts, &mut s),
+            6 => Self::columns::<6>(x, coef, intercepts, &mut s),
+            7 => Self::columns::<7>(x, coef, intercepts, &mut s),
+            8 => Self::columns::<8>(x, coef, intercepts, &mut s),
+            _ => Self::columns_any(x, features, coef, intercepts, &mut s),
+        }
+        if let (true, Some(labels)) = (self.mirrored, &self.labels) {
+            // Binary: the second class when its score is higher than the first's, which is its
+            // negation. The probabilities are 0.5 -/+ the logistic's odd part: exactly what the
+            // logistic gives on each column.
+            let (first, second) = (labels[0], labels[1]);
+            out.labels.extend(s.iter().map(|v| if *v > 0.0 { second } else { first }));
+            out.probabilities.resize(2 * rows, 0.0);
+            for (p, v) in out.probabilities.chunks_exact_mut(2).zip(&s) {
+                let a = logistic_odd(*v);
+                p[0] = (0.5 - a).clamp(0.0, 1.0);
+                p[1] = (a + 0.5).clamp(0.0, 1.0);
             }
+            out.classes = 2;
+            out.scratch = s;
+            return;
+        }
+        // Row-major from here, as the post transforms work on rows.
+        let mut by_row = std::mem::take(&mut out.probabilities);
+        by_row.resize(rows * t, 0.0);
+        for (j, column) in s.chunks_exact(rows.max(1)).enumerate() {
+            by_row.iter_mut().skip(j).step_by(t).zip(column).for_each(|(v, c)| *v = *c);
         }
         match (&self.labels, t) {
             // Binary: the second class when its score is higher (a tie goes to the first).
-            (Some(labels), 2) => out.labels.extend(s.chunks_exact(2).map(|p| labels[(p[1] > p[0]) as usize])),
-            (Some(labels), _) => out.labels.extend(s.chunks_exact(t).map(|row| labels[argmax(row)])),
+            (Some(labels), 2) => out.labels.extend(by_row.chunks_exact(2).map(|p| labels[(p[1] > p[0]) as usize])),
+            (Some(labels), _) => out.labels.extend(by_row.chunks_exact(t).map(|row| labels[argmax(row)])),
             (None, _) => {}
         }
         match self.post {
-            Post::Logistic if t > 1 => logistic_batch(&mut s),
-            post => s.chunks_exact_mut(t).for_each(|row| post.apply(row)),
+            Post::Logistic if t > 1 => logistic_batch(&mut by_row),
+            post => by_row.chunks_exact_mut(t).for_each(|row| post.apply(row)),
         }
         if self.labels.is_some() {
-            out.probabilities.extend_from_slice(&s);
             out.classes = t;
         } else {
-            out.scores.extend(s.iter().step_by(t));
+            out.scores.extend(by_row.iter().step_by(t));
+            by_row.clear();
         }
+        out.probabilities = by_row;
         out.scratch = s;
     }
 }
@@ -529,5 +587,45 @@ impl Trees {
         let best = argmax(s);
         self.post.apply(s);
         out.push_class(labels[best], s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mirrored path (one column, both probabilities from it) gives exactly what computing
+    /// both columns and the logistic on each gives, labels included, at every width.
+    #[test]
+    fn mirrored_binary_equals_both_columns_bit_for_bit() {
+        for features in [1, 5, 8, 11] {
+            let w: Vec<f32> = (0..features).map(|f| (f as f32 * 0.37 - 1.1) * if f % 2 == 0 { 1.0 } else { -0.013 }).collect();
+            let coef: Vec<f32> = w.iter().map(|v| -v).chain(w.iter().copied()).collect();
+            let model = |mirrored| Linear {
+                coef: coef.clone(),
+                intercepts: vec![-0.0, 0.0],
+                targets: 2,
+                post: Post::Logistic,
+                labels: Some(vec![3, 7]),
+                mirrored,
+            };
+            // 200 rows (more than a block); the first, all zeros, is exactly on the boundary.
+            let x: Vec<f32> =
+                (0..200 * features).map(|i| if i < features { 0.0 } else { ((i * 7919) % 2003) as f32 / 97.0 - 10.0 }).collect();
+            let (mut a, mut b) = (Predictions::default(), Predictions::default());
+            model(true).predict(&x, features, &mut a);
+            model(false).predict(&x, features, &mut b);
+            assert_eq!(a.labels, b.labels, "{features} features");
+            assert_eq!((a.classes, a.probabilities.len()), (2, 400));
+            let bits = |p: &Predictions| p.probabilities.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "{features} features");
+            assert!(a.labels.contains(&3) && a.labels.contains(&7));
+            // A batch whose rows were all skipped.
+            for mirrored in [true, false] {
+                let mut none = Predictions::default();
+                model(mirrored).predict(&[], features, &mut none);
+                assert!(none.labels.is_empty() && none.probabilities.is_empty());
+            }
+        }
     }
 }
