@@ -143,11 +143,45 @@ struct Drift {
 struct Binned {
     feature: usize,
     name: String,
-    edges: Vec<f64>,
+    edges: Edges,
     expected: Vec<f64>,
 }
 
 type Bins = Vec<Binned>;
+
+/// Bin edges, ascending.
+enum Edges {
+    /// Up to 16 (deciles and the like) as the least f32 at or above each (so that for an f32
+    /// value `x >= edge` reads the same), padded with infinities: counting the edges at or
+    /// below a value is then a few vector compares of fixed width, where a binary search is a
+    /// chain of dependent loads.
+    Few([f32; 16]),
+    Many(Vec<f64>),
+}
+
+impl Edges {
+    fn new(edges: &[f64]) -> Edges {
+        if edges.len() > 16 {
+            return Edges::Many(edges.to_vec());
+        }
+        let mut few = [f32::INFINITY; 16];
+        for (f, e) in few.iter_mut().zip(edges) {
+            let nearest = *e as f32;
+            *f = if (nearest as f64) < *e { nearest.next_up() } else { nearest };
+        }
+        Edges::Few(few)
+    }
+
+    /// A finite value's bin: values below the first edge are bin 0, at or above the last the
+    /// last.
+    #[inline]
+    fn bin(&self, x: f32) -> usize {
+        match self {
+            Edges::Few(e) => e.iter().map(|e| (*e <= x) as usize).sum(),
+            Edges::Many(e) => e.partition_point(|e| *e <= x as f64),
+        }
+    }
+}
 
 fn bins_of(meta: &ModelMeta) -> Bins {
     meta.features
@@ -158,24 +192,11 @@ fn bins_of(meta: &ModelMeta) -> Bins {
             (d.fractions.len() == d.edges.len() + 1).then(|| Binned {
                 feature,
                 name: f.clone(),
-                edges: d.edges.clone(),
+                edges: Edges::new(&d.edges),
                 expected: d.fractions.clone(),
             })
         })
         .collect()
-}
-
-/// A feature value's bin: values below the first edge are bin 0, at or above the last the last.
-#[inline]
-fn bin(edges: &[f64], x: f32) -> usize {
-    let x = x as f64;
-    if edges.len() <= 16 {
-        // Deciles and the like: counting the edges at or below `x` compiles to a few vector
-        // compares, where a binary search is a chain of dependent loads.
-        edges.iter().filter(|e| **e <= x).count()
-    } else {
-        edges.partition_point(|e| *e <= x)
-    }
 }
 
 /// Rows a drift window counts at the least: the bins then hold enough rows for the PSI's
@@ -493,8 +514,42 @@ impl Feature {
     }
 }
 
+/// The fields `columns` of the rows `rows` (indexes into `all`) into `x`, `N` per row.
+#[inline]
+fn gather<const N: usize>(all: &[&mut [Value]], rows: &[usize], columns: [usize; N], x: &mut [f32]) {
+    for (x, &r) in x.chunks_exact_mut(N).zip(rows) {
+        let row = &*all[r];
+        for (slot, c) in x.iter_mut().zip(columns) {
+            *slot = row.get(c).map_or(f32::NAN, number);
+        }
+    }
+}
+
+/// Writes one output of the scored rows (`scored[j]` gets the j-th value); NULL when the model
+/// gave fewer values (a regressor has no label).
+#[inline]
+fn fill(rows: &mut [&mut [Value]], scored: &[usize], pos: usize, values: impl ExactSizeIterator<Item = Value>) {
+    if values.len() < scored.len() {
+        scored.iter().for_each(|&r| rows[r][pos] = Value::Null);
+        return;
+    }
+    for (&r, v) in scored.iter().zip(values) {
+        rows[r][pos] = v;
+    }
+}
+
+/// A value as a feature: floats first, the one compare the common case takes.
 #[inline]
 fn number(v: &Value) -> f32 {
+    if let Value::Float(f) = *v {
+        f as f32
+    } else {
+        other_number(v)
+    }
+}
+
+#[cold]
+fn other_number(v: &Value) -> f32 {
     match *v {
         Value::Float(f) => f as f32,
         Value::Int(i) => i as f32,
@@ -554,7 +609,7 @@ impl Running {
             sampled += 1;
             let mut at = 0;
             for b in &self.bins {
-                self.counts[at + bin(&b.edges, row[b.feature])] += 1;
+                self.counts[at + b.edges.bin(row[b.feature])] += 1;
                 at += b.expected.len();
             }
         }
@@ -574,8 +629,17 @@ impl Running {
     ) {
         let width = self.features.len();
         self.x.resize(rows.len() * width, 0.0);
-        match &self.columns {
-            // Fields read as they are (the common case): no dispatch per value.
+        match self.columns.as_deref() {
+            // Fields read as they are (the common case): no dispatch per value, and for the
+            // usual widths one straight run of loads per row.
+            Some(&[a]) => gather(all, rows, [a], &mut self.x),
+            Some(&[a, b]) => gather(all, rows, [a, b], &mut self.x),
+            Some(&[a, b, c]) => gather(all, rows, [a, b, c], &mut self.x),
+            Some(&[a, b, c, d]) => gather(all, rows, [a, b, c, d], &mut self.x),
+            Some(&[a, b, c, d, e]) => gather(all, rows, [a, b, c, d, e], &mut self.x),
+            Some(&[a, b, c, d, e, f]) => gather(all, rows, [a, b, c, d, e, f], &mut self.x),
+            Some(&[a, b, c, d, e, f, g]) => gather(all, rows, [a, b, c, d, e, f, g], &mut self.x),
+            Some(&[a, b, c, d, e, f, g, h]) => gather(all, rows, [a, b, c, d, e, f, g, h], &mut self.x),
             Some(columns) => {
                 for (x, &r) in self.x.chunks_exact_mut(width).zip(rows) {
                     let row = &*all[r];
@@ -646,6 +710,8 @@ pub struct Scorer {
     /// Row indexes of the current batch, and which of them have all features.
     batch: Vec<usize>,
     ok: Vec<bool>,
+    /// The batch rows the model scored, when some were skipped.
+    scored: Vec<usize>,
     shadow_ok: Vec<bool>,
 }
 
@@ -657,7 +723,7 @@ impl Scorer {
             Some(s) => Some(Running::new(&*shared.load(s)?, s, &shared)?),
             None => None,
         };
-        Ok(Scorer { shared, live, shadow, batch: Vec::new(), ok: Vec::new(), shadow_ok: Vec::new() })
+        Ok(Scorer { shared, live, shadow, batch: Vec::new(), ok: Vec::new(), scored: Vec::new(), shadow_ok: Vec::new() })
     }
 
     /// At checkpoint barrier `epoch`: switch to the versions decided for the next epoch.
@@ -764,38 +830,55 @@ impl Scorer {
         }
         let p = &m.plan;
         let [label_used, class_used, probability_used, score_used, drift_used] = p.used;
-        let (out, batch, names) = (&self.live.out, &self.batch[..], &self.live.class_names);
-        let class = |j: usize| {
-            out.label(j).and_then(|l| usize::try_from(l).ok()).and_then(|l| names.get(l)).map_or(Value::Null, |c| Value::Str(c.clone()))
-        };
-        let float = |v: Option<f32>| v.map_or(Value::Null, |v| Value::Float(v as f64));
         let failed = result.is_err();
-        // Batch row k's prediction is j: rows without all features have none.
-        let mut j = 0;
-        for (&r, &ok) in batch.iter().zip(&self.ok) {
-            let row = &mut *rows[r];
-            if drift_used {
-                row[p.drift_pos] = drift.clone();
-            }
-            if !ok || failed {
+        // The rows with a prediction, the j-th for the j-th of them: all of the batch in the
+        // common case. The others get NULL outputs.
+        let scored = if failed {
+            &[][..]
+        } else if n == self.batch.len() {
+            &self.batch[..]
+        } else {
+            self.scored.clear();
+            self.scored.extend(self.batch.iter().zip(&self.ok).filter(|(_, ok)| **ok).map(|(r, _)| *r));
+            &self.scored[..]
+        };
+        if scored.len() < self.batch.len() {
+            for (&r, _) in self.batch.iter().zip(&self.ok).filter(|(_, ok)| !**ok || failed) {
                 for pos in [p.label_pos, p.class_pos, p.probability_pos, p.score_pos] {
-                    row[pos] = Value::Null;
+                    rows[r][pos] = Value::Null;
                 }
-                continue;
             }
-            if label_used {
-                row[p.label_pos] = out.label(j).map_or(Value::Null, Value::Int);
+        }
+        // One pass per output: each a tight loop over the rows.
+        let (out, names) = (&self.live.out, &self.live.class_names[..]);
+        let float = |v: f32| Value::Float(v as f64);
+        if drift_used {
+            self.batch.iter().for_each(|&r| rows[r][p.drift_pos] = drift.clone());
+        }
+        if label_used {
+            fill(rows, scored, p.label_pos, out.labels.iter().map(|l| Value::Int(*l)));
+        }
+        if class_used {
+            let name = |l: &i64| usize::try_from(*l).ok().and_then(|l| names.get(l)).map_or(Value::Null, |c| Value::Str(c.clone()));
+            fill(rows, scored, p.class_pos, out.labels.iter().map(name));
+        }
+        if probability_used {
+            // Of the second class for a binary classifier (the positive one: churns, fraud,
+            // anomalous), else of the predicted class.
+            let pos = p.probability_pos;
+            match out.classes {
+                0 => fill(rows, scored, pos, std::iter::empty()),
+                2 => fill(rows, scored, pos, out.probabilities.chunks_exact(2).map(|p| float(p[1]))),
+                c => fill(
+                    rows,
+                    scored,
+                    pos,
+                    out.probabilities.chunks_exact(c).map(|p| p.iter().copied().reduce(f32::max).map_or(Value::Null, float)),
+                ),
             }
-            if class_used {
-                row[p.class_pos] = class(j);
-            }
-            if probability_used {
-                row[p.probability_pos] = float(out.probability(j));
-            }
-            if score_used {
-                row[p.score_pos] = float(out.score(j));
-            }
-            j += 1;
+        }
+        if score_used {
+            fill(rows, scored, p.score_pos, out.scores.iter().map(|v| float(*v)));
         }
         if result.is_ok() {
             self.shadow_batch(rows);
@@ -862,10 +945,18 @@ mod tests {
 
     #[test]
     fn bins_count_edges_at_or_below() {
-        let edges = [1.0, 2.0, 3.0];
-        let got: Vec<usize> = [0.5f32, 1.0, 2.5, 3.0, 9.0].iter().map(|x| bin(&edges, *x)).collect();
+        let edges = Edges::new(&[1.0, 2.0, 3.0]);
+        let got: Vec<usize> = [0.5f32, 1.0, 2.5, 3.0, 9.0].iter().map(|x| edges.bin(*x)).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 3]);
-        let many: Vec<f64> = (0..40).map(f64::from).collect();
-        assert_eq!((bin(&many, -1.0), bin(&many, 10.0), bin(&many, 100.0)), (0, 11, 40));
+        let sixteen = Edges::new(&(0..16).map(f64::from).collect::<Vec<_>>());
+        assert_eq!((sixteen.bin(-1.0), sixteen.bin(15.0), sixteen.bin(1e30)), (0, 16, 16));
+        // Edges between two f32 values, the nearest below (0.7) and above (0.1): a value is
+        // in the upper bin exactly when it is at or above the f64 edge.
+        let between = Edges::new(&[0.1, 0.7]);
+        let got = [0.1f32.next_down(), 0.1, 0.7, 0.7f32.next_up()].map(|x| between.bin(x));
+        assert_eq!(got, [0, 1, 1, 2]);
+        assert!((0.7f32 as f64) < 0.7 && (0.1f32 as f64) > 0.1);
+        let many = Edges::new(&(0..40).map(f64::from).collect::<Vec<_>>());
+        assert_eq!((many.bin(-1.0), many.bin(10.0), many.bin(100.0)), (0, 11, 40));
     }
 }
