@@ -179,6 +179,20 @@ struct Trees {
     /// positive class's score, as in ONNX Runtime's `binary_case_`.
     binary_single: bool,
     weights_all_positive: bool,
+    /// Each tree's depth: the most comparisons from its root to a leaf.
+    depths: Vec<u32>,
+    /// Set when every comparison is `x <= threshold` with no missing-value track, as
+    /// scikit-learn's exports are: see [`Trees::walk`].
+    steps: Option<Vec<Step>>,
+}
+
+/// A node for [`Trees::walk`]: its children by the comparison's outcome, `next[(x <= threshold)
+/// as usize]`. A leaf is its own child, so a walk can take a fixed number of steps.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    feature: u32,
+    threshold: f32,
+    next: [u32; 2],
 }
 
 impl NativeModel {
@@ -238,14 +252,7 @@ impl NativeModel {
         out.clear();
         match &self.kind {
             Kind::Linear(l) => l.predict(&x[..rows * self.features], self.features, out),
-            Kind::Trees(t) => {
-                let mut scores = std::mem::take(&mut out.scratch);
-                scores.resize(t.targets.max(2), 0.0);
-                for row in x[..rows * self.features].chunks_exact(self.features) {
-                    t.row(row, &mut scores, out);
-                }
-                out.scratch = scores;
-            }
+            Kind::Trees(t) => t.predict(&x[..rows * self.features], self.features, out),
         }
         if let (Some(norm), c) = (self.normalize, out.classes) {
             if c > 0 {
@@ -398,6 +405,31 @@ fn argmax(s: &[f32]) -> usize {
     best
 }
 
+/// The most comparisons from `root` to a leaf, level by level; a model whose tree loops back
+/// on itself is refused (a walk down it would never end).
+fn depth(nodes: &[Node], root: u32) -> Result<u32, MlError> {
+    let (mut level, mut next, mut depth) = (vec![root], Vec::new(), 0u32);
+    loop {
+        next.clear();
+        for &i in &level {
+            let n = &nodes[i as usize];
+            if n.mode != Mode::Leaf {
+                next.extend([n.if_true, n.if_false]);
+            }
+        }
+        if next.is_empty() {
+            return Ok(depth);
+        }
+        next.sort_unstable();
+        next.dedup();
+        depth += 1;
+        if depth as usize > nodes.len() {
+            return Err(MlError::BadModel(format!("the tree rooted at node {root} has a cycle")));
+        }
+        std::mem::swap(&mut level, &mut next);
+    }
+}
+
 impl Trees {
     fn read(a: &Attrs, features: usize) -> Result<Trees, MlError> {
         let classifier = a.0.op_type.as_deref() == Some("TreeEnsembleClassifier");
@@ -510,6 +542,15 @@ impl Trees {
         if classifier && targets < 2 {
             return Err(MlError::Unsupported("a classifier with fewer than two classes".into()));
         }
+        let depths = roots.iter().map(|&r| depth(&nodes, r)).collect::<Result<Vec<_>, _>>()?;
+        let simple = nodes.iter().all(|n| n.mode == Mode::Leaf || (n.mode == Mode::Leq && !n.missing_true));
+        let steps = simple.then(|| {
+            let step = |(i, n): (usize, &Node)| match n.mode {
+                Mode::Leaf => Step { feature: 0, threshold: 0.0, next: [i as u32; 2] },
+                _ => Step { feature: n.feature, threshold: n.threshold, next: [n.if_false, n.if_true] },
+            };
+            nodes.iter().enumerate().map(step).collect()
+        });
         Ok(Trees {
             nodes,
             roots,
@@ -521,7 +562,68 @@ impl Trees {
             average,
             binary_single,
             weights_all_positive,
+            depths,
+            steps,
         })
+    }
+
+    /// Scores a batch (row-major, `features` per row): every row's sums over the trees, then
+    /// each row's labels and post transform.
+    fn predict(&self, x: &[f32], features: usize, out: &mut Predictions) {
+        let width = self.targets.max(1);
+        let mut sums = std::mem::take(&mut out.scratch);
+        sums.clear();
+        sums.resize(x.len() / features * width, 0.0);
+        match &self.steps {
+            Some(steps) => self.walk(steps, x, features, &mut sums),
+            None => {
+                for (row, s) in x.chunks_exact(features).zip(sums.chunks_exact_mut(width)) {
+                    for &root in &self.roots {
+                        self.add_leaf(Self::leaf(&self.nodes, root, row), s);
+                    }
+                }
+            }
+        }
+        for s in sums.chunks_exact_mut(width) {
+            self.finish(s, out);
+        }
+        out.scratch = sums;
+    }
+
+    /// Adds a leaf's weights to a row's sums.
+    #[inline]
+    fn add_leaf(&self, leaf: u32, s: &mut [f32]) {
+        let (from, to) = self.nodes[leaf as usize].weights;
+        for &(t, w) in &self.weights[from as usize..to as usize] {
+            s[t as usize] += w;
+        }
+    }
+
+    /// The sums of trees whose nodes all compare `x <= threshold`: tree by tree, a block of
+    /// rows walks down together, each a tree's depth of steps with the child picked by the
+    /// comparison's outcome rather than by a branch. Row by row, every node is a branch
+    /// mispredicted half the time. Each row still adds the trees in order, so the sums are
+    /// the same to the bit.
+    fn walk(&self, steps: &[Step], x: &[f32], features: usize, sums: &mut [f32]) {
+        const LANES: usize = 8;
+        let width = self.targets.max(1);
+        for (&root, &depth) in self.roots.iter().zip(&self.depths) {
+            for (block, s) in x.chunks(features * LANES).zip(sums.chunks_mut(width * LANES)) {
+                // A short last block repeats its last row in the spare lanes.
+                let last = (block.len() / features).saturating_sub(1);
+                let mut at = [root; LANES];
+                for _ in 0..depth {
+                    for (lane, node) in at.iter_mut().enumerate() {
+                        let step = &steps[*node as usize];
+                        let v = block[lane.min(last) * features + step.feature as usize];
+                        *node = step.next[(v <= step.threshold) as usize];
+                    }
+                }
+                for (&leaf, s) in at.iter().zip(s.chunks_exact_mut(width)) {
+                    self.add_leaf(leaf, s);
+                }
+            }
+        }
     }
 
     #[inline]
@@ -542,16 +644,8 @@ impl Trees {
         }
     }
 
-    fn row(&self, x: &[f32], scores: &mut [f32], out: &mut Predictions) {
-        let nodes = &self.nodes;
-        let s = &mut scores[..self.targets.max(1)];
-        s.fill(0.0);
-        for &root in &self.roots {
-            let leaf = &nodes[Self::leaf(nodes, root, x) as usize];
-            for &(t, w) in &self.weights[leaf.weights.0 as usize..leaf.weights.1 as usize] {
-                s[t as usize] += w;
-            }
-        }
+    /// A row's predictions from its sums over the trees.
+    fn finish(&self, s: &mut [f32], out: &mut Predictions) {
         if self.average {
             let n = self.roots.len() as f32;
             s.iter_mut().for_each(|v| *v /= n);
@@ -627,5 +721,55 @@ mod tests {
                 assert!(none.labels.is_empty() && none.probabilities.is_empty());
             }
         }
+    }
+
+    /// The churn example's 100-tree gradient boosting walks its trees in blocks of rows, and
+    /// gives exactly the sums of the walk node by node, on rows with values on thresholds and
+    /// NaN; a partial last block included.
+    #[test]
+    fn tree_walk_equals_node_by_node_bit_for_bit() {
+        let bytes =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../jobs/models/churn-risk/2/model.onnx")).expect("the example model");
+        let model = NativeModel::from_onnx(&OnnxModel::parse(&bytes).expect("parses")).expect("loads");
+        let Kind::Trees(trees) = &model.kind else { panic!("a tree ensemble") };
+        let steps = trees.steps.as_ref().expect("scikit-learn's trees take the walk");
+        let features = model.features;
+        let thresholds: Vec<f32> = trees.nodes.iter().filter(|n| n.mode != Mode::Leaf).map(|n| n.threshold).collect();
+        let x: Vec<f32> = (0..203 * features)
+            .map(|i| match i % 7 {
+                0 => thresholds[i % thresholds.len()],
+                3 if i % 5 == 0 => f32::NAN,
+                _ => ((i * 7919) % 1009) as f32 / 10.0,
+            })
+            .collect();
+        let width = trees.targets.max(1);
+        let mut walked = vec![0.0; 203 * width];
+        trees.walk(steps, &x, features, &mut walked);
+        let mut by_node = vec![0.0f32; 203 * width];
+        for (row, s) in x.chunks_exact(features).zip(by_node.chunks_exact_mut(width)) {
+            for &root in &trees.roots {
+                trees.add_leaf(Trees::leaf(&trees.nodes, root, row), s);
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&walked), bits(&by_node));
+        assert!(trees.depths.iter().all(|d| (1..=3).contains(d)), "{:?}", trees.depths);
+    }
+
+    #[test]
+    fn a_tree_that_loops_is_refused() {
+        let node = |if_true, if_false| Node {
+            mode: Mode::Leq,
+            feature: 0,
+            threshold: 0.0,
+            if_true,
+            if_false,
+            missing_true: false,
+            weights: (0, 0),
+        };
+        let leaf = Node { mode: Mode::Leaf, ..node(0, 0) };
+        assert_eq!(depth(&[node(1, 2), leaf, leaf], 0).ok(), Some(1));
+        let err = depth(&[node(1, 2), node(0, 2), leaf], 0).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("cycle"), "{err}");
     }
 }
