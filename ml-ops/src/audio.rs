@@ -158,7 +158,11 @@ impl Extractor {
         let frames = self.frames(y.len());
         let half = (n / 2) as isize;
         let mut f = Features { frames, power: vec![0.0; bins * frames], ..Features::default() };
-        let mut magnitude = vec![0.0; bins * frames];
+        // Frame-major copies (`frames x bins`) for the per-frame sums below: read down the
+        // bins-major arrays, each sum would stride by `frames` through memory. The sums add in
+        // the same order either way.
+        let mut spectrum = vec![0.0; frames * bins];
+        let mut magnitude = vec![0.0; frames * bins];
         self.scratch.resize(self.fft.get_inplace_scratch_len(), Complex::default());
         for t in 0..frames {
             for (i, c) in self.buf.iter_mut().enumerate() {
@@ -171,24 +175,32 @@ impl Extractor {
             for k in 0..bins {
                 let p = self.buf[k].norm_sqr();
                 f.power[k * frames + t] = p;
-                magnitude[k * frames + t] = p.sqrt();
+                spectrum[t * bins + k] = p;
+                magnitude[t * bins + k] = p.sqrt();
             }
         }
         // Mel power, then MFCC from its dB values (floored top_db below the clip's peak).
         f.mel = vec![0.0; self.p.n_mels * frames];
         for (m, (first, w)) in self.mel.iter().enumerate() {
-            for t in 0..frames {
-                f.mel[m * frames + t] = w.iter().enumerate().map(|(j, w)| w * f.power[(first + j) * frames + t]).sum();
+            for (t, frame) in spectrum.chunks_exact(bins).enumerate() {
+                f.mel[m * frames + t] = w.iter().zip(&frame[*first..]).map(|(w, p)| w * p).sum();
             }
         }
         let db: Vec<f64> = f.mel.iter().map(|v| 10.0 * v.max(1e-10).log10()).collect();
         let floor = db.iter().copied().fold(f64::MIN, f64::max) - self.p.top_db;
-        let db: Vec<f64> = db.into_iter().map(|v| v.max(floor)).collect();
+        // Frame-major (`frames x n_mels`), as above.
+        let n_mels = self.p.n_mels;
+        let mut db_frames = vec![0.0; frames * n_mels];
+        for (i, band) in db.chunks_exact(frames).enumerate() {
+            for (t, v) in band.iter().enumerate() {
+                db_frames[t * n_mels + i] = v.max(floor);
+            }
+        }
         f.mfcc = vec![0.0; self.p.n_mfcc * frames];
         for k in 0..self.p.n_mfcc {
-            let basis = &self.dct[k * self.p.n_mels..(k + 1) * self.p.n_mels];
-            for t in 0..frames {
-                f.mfcc[k * frames + t] = basis.iter().enumerate().map(|(i, b)| b * db[i * frames + t]).sum();
+            let basis = &self.dct[k * n_mels..(k + 1) * n_mels];
+            for (t, frame) in db_frames.chunks_exact(n_mels).enumerate() {
+                f.mfcc[k * frames + t] = basis.iter().zip(frame).map(|(b, v)| b * v).sum();
             }
         }
         // Chroma: the filter bank for the clip's tuning on power, each frame scaled to a maximum
@@ -197,11 +209,11 @@ impl Extractor {
         let (sr, key) = (self.sr, f.tuning.to_bits());
         let bank = self.chroma.entry(key).or_insert_with(|| chroma_filters(sr, n, f.tuning));
         f.chroma = vec![0.0; 12 * frames];
-        for t in 0..frames {
+        for (t, frame) in spectrum.chunks_exact(bins).enumerate() {
             let mut max = 0.0f64;
             for c in 0..12 {
                 let w = &bank[c * bins..(c + 1) * bins];
-                let v: f64 = w.iter().enumerate().map(|(k, w)| w * f.power[k * frames + t]).sum();
+                let v: f64 = w.iter().zip(frame).map(|(w, p)| w * p).sum();
                 f.chroma[c * frames + t] = v;
                 max = max.max(v.abs());
             }
@@ -212,8 +224,8 @@ impl Extractor {
         // Centroid and rolloff on magnitude.
         f.centroid = vec![0.0; frames];
         f.rolloff = vec![0.0; frames];
-        for t in 0..frames {
-            let column = (0..bins).map(|k| magnitude[k * frames + t]);
+        for (t, column) in magnitude.chunks_exact(bins).enumerate() {
+            let column = column.iter().copied();
             let total: f64 = column.clone().sum();
             if total > f64::MIN_POSITIVE {
                 f.centroid[t] = column.clone().zip(&self.freqs).map(|(s, fr)| s * fr).sum::<f64>() / total;
