@@ -240,7 +240,10 @@ impl Extractor {
                 }
             }
         }
-        // Zero-crossing rate over edge-padded frames; RMS over zero-padded ones.
+        // Zero-crossing rate over edge-padded frames; RMS over zero-padded ones. Frames overlap
+        // (each sample is in n / hop of them), so the per-sample work is done once: `changes[j]`
+        // counts the samples before position `first + j` that differ in sign from the one
+        // before them, and a frame's crossings are a difference of two counts.
         f.zcr = vec![0.0; frames];
         f.rms = vec![0.0; frames];
         let edge = |at: isize| -> f32 {
@@ -250,29 +253,44 @@ impl Extractor {
                 y[at.clamp(0, y.len() as isize - 1) as usize]
             }
         };
+        // librosa treats values within 1e-10 of zero as zero, and zero as positive.
+        let negative = |v: f32| v.abs() > 1e-10 && v.is_sign_negative();
+        let first = -half;
+        let end = ((frames - 1) * hop + n) as isize - half;
+        let mut changes = Vec::with_capacity((end - first) as usize + 1);
+        let (mut count, mut previous) = (0u32, negative(edge(first)));
+        changes.push(0);
+        for at in first..end {
+            let sign = negative(edge(at));
+            count += (sign != previous) as u32;
+            previous = sign;
+            changes.push(count);
+        }
         for t in 0..frames {
             let start = (t * hop) as isize - half;
-            let mut crossings = 0;
-            let mut previous = edge(start);
-            let mut energy = 0.0;
-            for i in 0..n as isize {
-                let at = start + i;
-                let v = edge(at);
-                // librosa treats values within 1e-10 of zero as zero, and zero as positive.
-                let sign = |v: f32| v.abs() > 1e-10 && v.is_sign_negative();
-                if i > 0 && sign(v) != sign(previous) {
-                    crossings += 1;
-                }
-                previous = v;
-                if at >= 0 && (at as usize) < y.len() {
-                    energy += (y[at as usize] as f64).powi(2);
-                }
-            }
+            // Sample i of the frame (i >= 1) against sample i - 1.
+            let at = |p: isize| changes[(p - first) as usize];
+            let crossings = at(start + n as isize) - at(start + 1);
+            let inside = &y[start.clamp(0, y.len() as isize) as usize..(start + n as isize).clamp(0, y.len() as isize) as usize];
             f.zcr[t] = crossings as f64 / n as f64;
-            f.rms[t] = (energy / n as f64).sqrt();
+            f.rms[t] = (sum_of_squares(inside) / n as f64).sqrt();
         }
         f
     }
+}
+
+/// The sum of the squares of `v` in f64, in eight running sums (so it vectorizes; numpy, which
+/// librosa uses, sums pairwise, so neither order is its exactly).
+fn sum_of_squares(v: &[f32]) -> f64 {
+    let mut sums = [0.0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|x| (*x as f64) * (*x as f64)).sum();
+    for chunk in chunks {
+        for (s, x) in sums.iter_mut().zip(chunk) {
+            *s += (*x as f64) * (*x as f64);
+        }
+    }
+    sums.iter().sum::<f64>() + rest
 }
 
 /// librosa's `estimate_tuning` as `chroma_stft` calls it, on the power spectrogram
