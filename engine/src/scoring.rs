@@ -205,8 +205,9 @@ fn bins_of(meta: &ModelMeta) -> Bins {
 const DRIFT_SAMPLE_ROWS: u64 = 625;
 
 /// Every how many scored rows one is counted for drift: a systematic sample of at least
-/// [`DRIFT_SAMPLE_ROWS`] per window, at most 1 in 16 (the default window of 10,000 rows). Counting every row would cost more than
-/// a cheap model itself (a bin lookup per feature per row).
+/// [`DRIFT_SAMPLE_ROWS`] per window, at most 1 in 16 (the default window of 10,000 rows).
+/// Counting every row would cost more than a cheap model itself (a bin lookup per feature per
+/// row).
 fn drift_stride(window: u64) -> usize {
     (window / DRIFT_SAMPLE_ROWS).clamp(1, 16) as usize
 }
@@ -584,6 +585,7 @@ impl Running {
         let model = Model::load(&loaded.bytes, m.runtime(), m.plan.spec.threads, m.library.as_deref()).map_err(|e| e.to_string())?;
         let features = loaded.features.iter().map(|f| Feature::compile(f, &m.schema)).collect::<Result<Vec<_>, _>>()?;
         let columns = features.iter().map(|f| if let Feature::Column(c) = f { Some(*c) } else { None }).collect();
+        let bins = bins_of(&loaded.meta);
         Ok(Running {
             version,
             model,
@@ -593,8 +595,8 @@ impl Running {
             class_names: loaded.meta.class_names.iter().map(CompactString::from).collect(),
             x: Vec::new(),
             out: Predictions::default(),
-            counts: vec![0; bins_of(&loaded.meta).iter().map(|b| b.expected.len()).sum()],
-            bins: bins_of(&loaded.meta),
+            counts: vec![0; bins.iter().map(|b| b.expected.len()).sum()],
+            bins,
             stride: drift_stride(m.plan.spec.drift_window),
             next: 0,
         })
@@ -863,19 +865,7 @@ impl Scorer {
             fill(rows, scored, p.class_pos, out.labels.iter().map(name));
         }
         if probability_used {
-            // Of the second class for a binary classifier (the positive one: churns, fraud,
-            // anomalous), else of the predicted class.
-            let pos = p.probability_pos;
-            match out.classes {
-                0 => fill(rows, scored, pos, std::iter::empty()),
-                2 => fill(rows, scored, pos, out.probabilities.chunks_exact(2).map(|p| float(p[1]))),
-                c => fill(
-                    rows,
-                    scored,
-                    pos,
-                    out.probabilities.chunks_exact(c).map(|p| p.iter().copied().reduce(f32::max).map_or(Value::Null, float)),
-                ),
-            }
+            fill(rows, scored, p.probability_pos, out.reported_probabilities().map(|v| v.map_or(Value::Null, float)));
         }
         if score_used {
             fill(rows, scored, p.score_pos, out.scores.iter().map(|v| float(*v)));

@@ -59,16 +59,30 @@ impl Predictions {
     /// positive one: churns, fraud, anomalous), else of the predicted class.
     #[inline]
     pub fn probability(&self, r: usize) -> Option<f32> {
-        match self.classes {
-            0 => None,
-            2 => self.probabilities.get(2 * r + 1).copied(),
-            c => self.probabilities.get(r * c..(r + 1) * c)?.iter().copied().reduce(f32::max),
-        }
+        let c = self.classes;
+        (c > 0).then(|| self.probabilities.get(r * c..(r + 1) * c)).flatten().and_then(reported)
+    }
+
+    /// [`Predictions::probability`] of every row, in order (none for a model without
+    /// probabilities).
+    #[inline]
+    pub fn reported_probabilities(&self) -> impl ExactSizeIterator<Item = Option<f32>> + '_ {
+        self.probabilities.chunks_exact(self.classes.max(1)).map(reported)
     }
 
     /// Row `r`'s score, if the model is a regressor.
     #[inline]
     pub fn score(&self, r: usize) -> Option<f32> {
         self.scores.get(r).copied()
+    }
+}
+
+/// The probability reported from one row's class probabilities (see
+/// [`Predictions::probability`]).
+#[inline]
+fn reported(p: &[f32]) -> Option<f32> {
+    match *p {
+        [_, positive] => Some(positive),
+        _ => p.iter().copied().reduce(f32::max),
     }
 }
