@@ -495,7 +495,7 @@ fn redis_bench(rows: u64, workers: usize) -> anyhow::Result<serde_json::Value> {
         bench.push(r);
 
         let (start, cpu0) = (Instant::now(), cpu_seconds());
-        let mut s = tenantflow_connectors::redis::RedisSink::open(&spec, &fields, &format!("bench{round}"), 0, false)?;
+        let mut s = tenantflow_connectors::redis::RedisSink::open(&spec, &fields, &format!("bench{round}"), "redis", false)?;
         tenantflow_connectors::Sink::begin_time(&mut s, 1);
         for row in &values {
             tenantflow_connectors::Sink::write(&mut s, row)?;

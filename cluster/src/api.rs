@@ -502,6 +502,7 @@ fn view(api: &Api, r: &JobRecord) -> serde_json::Value {
             Some(epoch) => json!({"epoch": epoch, "bytes": s.last_checkpoint_bytes, "duration_ms": s.last_checkpoint_duration_ms}),
             None => serde_json::Value::Null,
         };
+        v["sinks_waiting"] = s.sinks_waiting.clone().into();
         v["last_error"] = s.errors.last().cloned().into();
         // Counters are partial while another process does not answer.
         v["processes_reporting"] = (1 + api.peer_statuses.lock().map_or(0, |p| p.1)).into();
@@ -539,6 +540,7 @@ fn merge(mut total: JobStatus, peers: &[JobStatus]) -> JobStatus {
             (a, b) => a.or(b),
         };
         total.errors.extend(p.errors.iter().cloned());
+        total.sinks_waiting.extend(p.sinks_waiting.iter().cloned());
         if p.state == JobState::Failed && !total.state.is_terminal() {
             total.state = JobState::Failed;
         }

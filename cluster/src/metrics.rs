@@ -167,6 +167,7 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
     )?;
     let retries =
         counter(&r, "sink_retries_total", "Requests the sinks' clients retried (Kafka: librdkafka's produce retries)", &["job_id"])?;
+    let sinks_waiting = gauge(&r, "sinks_waiting", "Sinks not open yet because their service is unreachable (the job waits)", &["job_id"])?;
     let restarts = gauge(&r, "cluster_restarts", "Times the supervisor restarted the cluster's processes", &["process"])?;
     let backoff = gauge(&r, "cluster_restart_backoff_seconds", "The wait before the last restart", &["process"])?;
     let ck_age = gauge(&r, "checkpoint_age_seconds", "Seconds since the last checkpoint was committed", &["job_id"])?;
@@ -215,6 +216,7 @@ fn render(e: &Exporter) -> prometheus::Result<String> {
         }
         held.with_label_values(&[&id]).inc_by(s.backpressure_us.load(Relaxed) as f64 / 1e6);
         retries.with_label_values(&[&id]).inc_by(s.sink_retries.load(Relaxed));
+        sinks_waiting.with_label_values(&[&id]).set(s.sinks_waiting().len() as f64);
         for (k, h) in [&s.emit_delay, &s.sink_write].into_iter().enumerate() {
             if let Ok(h) = h.lock() {
                 summaries[k].2.push((id.clone(), h.clone()));

@@ -130,14 +130,17 @@ impl ClickHouseSink {
         let agent: ureq::Agent =
             ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build().into();
         let err = |what: &str, e: String| ConnectorError::Sink(format!("clickhouse {} ({what}): {e}", spec.url));
+        // Unreachable or answering 5xx: ClickHouse may be restarting, so opening is retried.
+        let unavailable = |what: &str, e: String| ConnectorError::Unavailable(format!("clickhouse {} ({what}): {e}", spec.url));
         let query = |sql: &str| -> Result<String, ConnectorError> {
-            let mut r = agent.post(&spec.url).send(sql).map_err(|e| err("connecting", e.to_string()))?;
+            let mut r = agent.post(&spec.url).send(sql).map_err(|e| unavailable("connecting", e.to_string()))?;
             let status = r.status();
             let body = r.body_mut().read_to_string().unwrap_or_default();
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(err(sql.split_whitespace().next().unwrap_or("query"), format!("HTTP {}: {}", status.as_u16(), body.trim())))
+            let what = sql.split_whitespace().next().unwrap_or("query");
+            match status.as_u16() {
+                200..=299 => Ok(body),
+                500..=599 => Err(unavailable(what, format!("HTTP {}: {}", status.as_u16(), body.trim()))),
+                code => Err(err(what, format!("HTTP {code}: {}", body.trim()))),
             }
         };
         if spec.create_table {

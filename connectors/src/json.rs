@@ -110,11 +110,36 @@ impl<'de> DeserializeSeed<'de> for TypedSeed<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        if self.ty == DataType::Timestamp {
+            // Numbers are read from their digits as written, not through a float.
+            let raw = <&serde_json::value::RawValue as serde::Deserialize>::deserialize(d)?;
+            return self.timestamp(raw.get());
+        }
         d.deserialize_any(self)
     }
 }
 
 impl TypedSeed<'_> {
+    /// A timestamp field's JSON text: an RFC 3339 string, or epoch milliseconds as a number.
+    fn timestamp<E: de::Error>(&self, text: &str) -> Result<Value, E> {
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                let s: std::borrow::Cow<str> = match text.get(1..text.len() - 1) {
+                    Some(inner) if !inner.contains('\\') => inner.into(),
+                    _ => serde_json::from_str::<String>(text).map_err(E::custom)?.into(),
+                };
+                time::parse_timestamp(&s).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("string {s:?} (not RFC 3339)")))
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                time::micros_from_epoch_ms(text).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("out-of-range number {text}")))
+            }
+            Some(b'n') => Ok(Value::Null),
+            Some(b't' | b'f') => Err(self.wrong(format_args!("boolean {text}"))),
+            Some(b'{') => Err(self.wrong("an object")),
+            _ => Err(self.wrong("an array")),
+        }
+    }
+
     fn wrong<E: de::Error>(&self, found: impl fmt::Display) -> E {
         E::custom(format!("field `{}`: expected {}, found {found}", self.name, self.ty))
     }
@@ -142,8 +167,6 @@ impl<'de> Visitor<'de> for TypedSeed<'_> {
         match self.ty {
             DataType::Int => Ok(Value::Int(v)),
             DataType::Float => Ok(Value::Float(v as f64)),
-            // Numeric timestamps are epoch milliseconds, the common convention of event producers.
-            DataType::Timestamp => v.checked_mul(1000).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("out-of-range number {v}"))),
             _ => Err(self.wrong(format_args!("number {v}"))),
         }
     }
@@ -160,7 +183,6 @@ impl<'de> Visitor<'de> for TypedSeed<'_> {
         match self.ty {
             DataType::Float => Ok(Value::Float(v)),
             DataType::Int if v.fract() == 0.0 && v.abs() < 9.0e18 => Ok(Value::Int(v as i64)),
-            DataType::Timestamp if v.is_finite() && v.abs() < 9.0e15 => Ok(Value::Ts((v * 1000.0).round() as i64)),
             _ => Err(self.wrong(format_args!("number {v}"))),
         }
     }
@@ -168,9 +190,6 @@ impl<'de> Visitor<'de> for TypedSeed<'_> {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Value, E> {
         match self.ty {
             DataType::String => Ok(Value::Str(CompactString::new(v))),
-            DataType::Timestamp => {
-                time::parse_timestamp(v).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("string {v:?} (not RFC 3339)")))
-            }
             _ => Err(self.wrong(format_args!("string {v:?}"))),
         }
     }
@@ -212,5 +231,41 @@ mod tests {
         assert!(d.decode(br#"{"tenant":"a""#, &mut row).is_err());
         assert!(d.decode(br#"[1,2]"#, &mut row).unwrap_err().contains("expected a JSON object"));
         assert!(d.decode(br#"{"n":1} trailing"#, &mut row).is_err());
+    }
+
+    /// Issue 17: floats read to the nearest double, impossible dates refused, numeric
+    /// timestamps floored to the microsecond from their digits, as strings are.
+    #[test]
+    fn numbers_and_timestamps_read_exactly() {
+        let d = decoder();
+        let mut row = vec![Value::Null; 4];
+        for (text, want) in
+            [("3.5e+199", 3.5e199), ("9007199254740993.0", 9_007_199_254_740_992.0), ("2.2250738585072014e-308", f64::MIN_POSITIVE)]
+        {
+            d.decode(format!(r#"{{"x":{text}}}"#).as_bytes(), &mut row).unwrap();
+            assert_eq!(row[3], Value::Float(want), "{text}");
+        }
+        let ts = |json: &str| {
+            let mut row = vec![Value::Null; 4];
+            decoder().decode(format!(r#"{{"ts":{json}}}"#).as_bytes(), &mut row).map(|()| row[2].clone())
+        };
+        assert_eq!(ts("1772150400000.0009"), Ok(Value::Ts(1_772_150_400_000_000)));
+        assert_eq!(ts(r#""2026-02-27T00:00:00.0000009Z""#), Ok(Value::Ts(1_772_150_400_000_000)));
+        assert_eq!(ts("1.0019"), Ok(Value::Ts(1001)));
+        assert_eq!(ts(r#""1970-01-01T00:00:00.0010019Z""#), Ok(Value::Ts(1001)));
+        assert_eq!(ts(r#""1970-01-01T00:00:01\u005a""#), Ok(Value::Ts(1_000_000)));
+        assert_eq!(ts("null"), Ok(Value::Null));
+        for (json, reason) in [
+            (r#""2026-02-30T00:00:00Z""#, "string \"2026-02-30T00:00:00Z\" (not RFC 3339)"),
+            (r#""2025-02-29""#, "not RFC 3339"),
+            (r#""2026-02-27T23:59:60Z""#, "not RFC 3339"),
+            ("1e400", "out-of-range number 1e400"),
+            ("true", "boolean true"),
+            ("[1]", "an array"),
+            (r#"{"a":1}"#, "an object"),
+        ] {
+            let e = ts(json).unwrap_err();
+            assert!(e.contains("field `ts`: expected timestamp") && e.contains(reason), "{json}: {e}");
+        }
     }
 }

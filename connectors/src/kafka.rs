@@ -170,7 +170,7 @@ fn take(decoder: &mut JsonDecoder, time_pos: Option<usize>, part: &mut Partition
         }
         Err(reason) => {
             batch.pop_row();
-            batch.dead.push(DeadLetter::new(reason, &part.name, offset as u64, payload));
+            batch.push_dead(DeadLetter::new(reason, &part.name, offset as u64, payload));
         }
     }
     part.next = offset + 1;

@@ -9,11 +9,13 @@ pub mod clickhouse;
 pub mod generator;
 pub mod json;
 pub mod kafka;
+pub mod opener;
 pub mod redis;
 mod sender;
 pub mod sink;
 pub mod source;
 
+pub use opener::{Opener, Opening};
 pub use sink::{DeadLetterSink, DeadLetterWriter, Sink};
 pub use source::{Batch, DeadLetter, Poll, Source};
 
@@ -29,6 +31,9 @@ pub enum ConnectorError {
     /// A sink's service refused its configuration (unknown table, wrong columns, bad URL).
     #[error("{0}")]
     Sink(String),
+    /// A sink's service cannot be reached (yet): opening is retried, the job waits.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

@@ -13,7 +13,7 @@
 //! tenant field, so tenants never share a key.
 //!
 //! Exactly once, also for increments and streams that are not idempotent by themselves: each
-//! transaction also sets a marker key (`tenantflow:sink:<job>:<sink index>`) to how far the
+//! transaction also sets a marker key (`tenantflow:sink:<job>:<sink id>`) to how far the
 //! output went, as (Timely timestamp, rows of that timestamp). An event-time window's results
 //! come at the same timestamp, sorted, in every run (see docs/ARCHITECTURE.md, Determinism), so
 //! a restored run skips rows up to the marker. Each transaction is sent after `WATCH`ing the
@@ -73,7 +73,7 @@ impl RedisSink {
         spec: &RedisSinkSpec,
         fields: &[(String, DataType)],
         job: &str,
-        sink_index: usize,
+        sink_id: &str,
         continue_output: bool,
     ) -> Result<RedisSink, ConnectorError> {
         let err = |e: String| ConnectorError::Sink(format!("redis {}: {e}", redact(&spec.url)));
@@ -96,17 +96,27 @@ impl RedisSink {
         };
         let fields = chosen.into_iter().map(|n| position(&n).map(|p| (n, p))).collect::<Result<Vec<_>, _>>()?;
         let json = JsonLines::new(Vec::new(), &fields.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
-        let marker_key = format!("tenantflow:sink:{job}:{sink_index}");
+        let marker_key = format!("tenantflow:sink:{job}:{sink_id}");
 
         let client = redis::Client::open(spec.url.as_str()).map_err(|e| err(e.to_string()))?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| err(e.to_string()))?;
-        let mut conn = runtime.block_on(connect(&client)).map_err(|e| err(format!("connecting: {e}")))?;
+        // Redis down, restarting or loading: opening is retried (the job waits); anything else
+        // (a refused password, say) is the configuration's fault.
+        let failed = |what: String, e: redis::RedisError| {
+            let message = format!("redis {}: {what}: {e}", redact(&spec.url));
+            if transient(&e) {
+                ConnectorError::Unavailable(message)
+            } else {
+                ConnectorError::Sink(message)
+            }
+        };
+        let mut conn = runtime.block_on(connect(&client)).map_err(|e| failed("connecting".into(), e))?;
         let skip_through = if continue_output {
-            runtime.block_on(read_marker(&mut conn, &marker_key)).map_err(|e| err(format!("reading {marker_key}: {e}")))?
+            runtime.block_on(read_marker(&mut conn, &marker_key)).map_err(|e| failed(format!("reading {marker_key}"), e))?
         } else {
             runtime
                 .block_on(redis::cmd("DEL").arg(&marker_key).query_async::<()>(&mut conn))
-                .map_err(|e| err(format!("resetting {marker_key}: {e}")))?;
+                .map_err(|e| failed(format!("resetting {marker_key}"), e))?;
             None
         };
         let marker = marker_key.clone();

@@ -65,7 +65,7 @@ pub fn write_json_value(out: &mut impl Write, v: &Value) -> io::Result<()> {
         Value::Null => out.write_all(b"null"),
         Value::Bool(b) => out.write_all(if *b { b"true" } else { b"false" }),
         Value::Int(i) | Value::Interval(i) => write!(out, "{i}"),
-        Value::Float(f) if f.is_finite() => write!(out, "{f}"),
+        Value::Float(f) if f.is_finite() => out.write_all(tenantflow_core::value::shortest_float(*f, &mut ryu::Buffer::new()).as_bytes()),
         Value::Float(_) => out.write_all(b"null"),
         Value::Str(s) => serde_json::to_writer(&mut *out, s.as_str()).map_err(io::Error::other),
         Value::Ts(t) => write!(out, "\"{}\"", time::format_rfc3339(*t)),
@@ -125,6 +125,15 @@ fn resume_file(path: &str, len: u64) -> io::Result<File> {
         .truncate(false)
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))?;
+    // Shorter than the checkpoint recorded: output it holds was lost (the file was replaced or
+    // cut). Growing it would fill the gap with zeros and hide that.
+    let found = f.metadata()?.len();
+    if found < len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path}: the checkpoint recorded {len} bytes but the file has {found}; it was replaced or truncated since"),
+        ));
+    }
     f.set_len(len)?;
     f.seek(SeekFrom::Start(len))?;
     Ok(f)

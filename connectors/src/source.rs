@@ -16,7 +16,9 @@ use crate::ConnectorError;
 pub struct Batch {
     pub width: usize,
     pub values: Vec<Value>,
-    pub dead: Vec<DeadLetter>,
+    /// Records that could not be decoded, each with the number of rows read before it in this
+    /// batch (dead letters take their place in the stream's order: see `engine::ingest`).
+    pub dead: Vec<(usize, DeadLetter)>,
     /// Per row: (index into `origins`, 1-based line or sequence number).
     pub positions: Vec<(u32, u64)>,
     /// Source names (file paths, `stdin`, `generator`).
@@ -32,6 +34,11 @@ impl Batch {
 
     pub fn rows(&self) -> usize {
         self.values.len() / self.width.max(1)
+    }
+
+    /// Adds a record that could not be decoded, after the rows read so far.
+    pub fn push_dead(&mut self, d: DeadLetter) {
+        self.dead.push((self.rows(), d));
     }
 
     /// The index of a source name, for [`Batch::push_row`].
@@ -324,7 +331,7 @@ impl Source for FileSource {
                     Ok(true) => {}
                     Ok(false) => return Poll::Done,
                     Err((name, e)) => {
-                        batch.dead.push(DeadLetter::new(format!("cannot read file: {e}"), &name, 0, b""));
+                        batch.push_dead(DeadLetter::new(format!("cannot read file: {e}"), &name, 0, b""));
                         continue;
                     }
                 }
@@ -342,7 +349,7 @@ impl Source for FileSource {
                 }
                 Ok(r) => r,
                 Err(e) => {
-                    batch.dead.push(DeadLetter::new(format!("read error: {e}"), &open.name, open.line, b""));
+                    batch.push_dead(DeadLetter::new(format!("read error: {e}"), &open.name, open.line, b""));
                     self.open = None;
                     continue;
                 }
@@ -360,7 +367,7 @@ impl Source for FileSource {
             let row = batch.push_row(origin, line_no);
             if let Err(reason) = self.decoder.decode(line, row) {
                 batch.pop_row();
-                batch.dead.push(DeadLetter::new(reason, &open.name, line_no, line));
+                batch.push_dead(DeadLetter::new(reason, &open.name, line_no, line));
             }
         }
         Poll::Ready
@@ -423,7 +430,7 @@ impl Source for StdinSource {
                     let row = batch.push_row(origin, self.line);
                     if let Err(reason) = self.decoder.decode(line, row) {
                         batch.pop_row();
-                        batch.dead.push(DeadLetter::new(reason, "stdin", self.line, line));
+                        batch.push_dead(DeadLetter::new(reason, "stdin", self.line, line));
                     }
                 }
                 Err(TryRecvError::Empty) => return Poll::Pending,

@@ -469,8 +469,19 @@ pub struct WindowSpec {
     pub span: Range<usize>,
 }
 
+/// One `[[sinks]]` entry. Checkpoints record a sink's progress under its `id`, never under its
+/// position in the list, so reordering, adding or removing other sinks cannot hand one sink
+/// another's state.
 #[derive(Debug, Clone, PartialEq)]
-pub enum SinkSpec {
+pub struct SinkSpec {
+    /// `id` in the job file, else derived from the type and destination (`file:out.jsonl`,
+    /// `clickhouse:db.table`, `redis:<key template>`, `kafka:<topic>`, `stdout`, `discard`).
+    pub id: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
     /// A readable table (or JSON lines) on standard output.
     Stdout { json: bool },
     /// JSON lines written to a file (created, or truncated, when the job starts writing).
@@ -925,13 +936,26 @@ fn read_job(cx: &mut Cx, root: &T, file: &str) -> Option<JobSpec> {
         }
     }
     let mut sinks = Vec::new();
+    let mut sink_ids: Vec<(String, String)> = Vec::new();
     for t in root.tables(cx, "sinks") {
-        if let Some(s) = read_sink(cx, &t) {
-            sinks.push(s);
+        let kind = read_sink(cx, &t);
+        let id = read_sink_id(cx, &t, kind.as_ref());
+        if let Some(id) = &id {
+            if let Some((_, other)) = sink_ids.iter().find(|(i, _)| i == &id.value) {
+                let message = format!(
+                    "{other} has the id \"{}\" too: give one of them its own `id` (checkpoints record each sink's progress by it)",
+                    id.value
+                );
+                cx.err(&id.span, &id.key, message);
+            }
+            sink_ids.push((id.value.clone(), t.path.clone()));
+        }
+        if let (Some(kind), Some(id)) = (kind, id) {
+            sinks.push(SinkSpec { id: id.value, kind });
         }
     }
     if sinks.is_empty() && root.get("sinks").is_none() {
-        sinks.push(SinkSpec::Stdout { json: false });
+        sinks.push(SinkSpec { id: "stdout".into(), kind: SinkKind::Stdout { json: false } });
     }
     let default_path = format!("{name}.dead-letters.jsonl");
     let dead_letter = match root.table(cx, "dead_letter") {
@@ -1436,7 +1460,7 @@ fn read_audio(cx: &mut Cx, t: &T) -> Option<AudioSpec> {
     Some(AudioSpec { sample_rate: t.int(cx, "sample_rate", 1000).map_or(22_050, |n| n.min(384_000) as u32), format, prefix, field })
 }
 
-fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
+fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkKind> {
     #[derive(Clone, Copy)]
     enum K {
         Stdout,
@@ -1455,9 +1479,9 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
         ("redis", K::Redis),
     ];
     match t.choice(cx, "type", &kinds, None)? {
-        K::Redis => read_redis_sink(cx, t).map(|r| SinkSpec::Redis(Box::new(r))),
+        K::Redis => read_redis_sink(cx, t).map(|r| SinkKind::Redis(Box::new(r))),
         K::ClickHouse => {
-            t.check_keys(cx, &["type", "url", "table", "create_table", "batch_rows", "batch_interval"]);
+            t.check_keys(cx, &["type", "url", "table", "create_table", "batch_rows", "batch_interval", "id"]);
             let url = t.required_string(cx, "url", "ClickHouse's HTTP address, e.g. \"http://127.0.0.1:8123\"")?;
             if !(url.value.starts_with("http://") || url.value.starts_with("https://")) {
                 cx.err(&url.span, &url.key, format!("expected an http:// or https:// URL, found \"{}\"", url.value));
@@ -1473,7 +1497,7 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
                 );
                 return None;
             }
-            Some(SinkSpec::ClickHouse(ClickHouseSinkSpec {
+            Some(SinkKind::ClickHouse(ClickHouseSinkSpec {
                 url: url.value.trim_end_matches('/').to_string(),
                 table: table.value,
                 create_table: t.boolean(cx, "create_table").unwrap_or(false),
@@ -1482,25 +1506,25 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
             }))
         }
         K::Kafka => {
-            t.check_keys(cx, &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "properties"]);
+            t.check_keys(cx, &["type", "format", "bootstrap_servers", "bootstrap_file", "topic", "properties", "id"]);
             t.choice(cx, "format", &[("json", ())], Some(()));
             let bootstrap = read_bootstrap(cx, t)?;
             let topic = t.required_string(cx, "topic", "the topic to write")?.value;
-            Some(SinkSpec::Kafka(KafkaSinkSpec { bootstrap, topic, properties: read_properties(cx, t) }))
+            Some(SinkKind::Kafka(KafkaSinkSpec { bootstrap, topic, properties: read_properties(cx, t) }))
         }
         K::Stdout => {
-            t.check_keys(cx, &["type", "format"]);
+            t.check_keys(cx, &["type", "format", "id"]);
             let json = t.choice(cx, "format", &[("table", false), ("json", true)], Some(false))?;
-            Some(SinkSpec::Stdout { json })
+            Some(SinkKind::Stdout { json })
         }
         K::File => {
-            t.check_keys(cx, &["type", "path", "format"]);
+            t.check_keys(cx, &["type", "path", "format", "id"]);
             t.choice(cx, "format", &[("json", ())], Some(()));
             let path = t.required_string(cx, "path", "the output file, e.g. \"out/results.jsonl\"")?;
-            Some(SinkSpec::File { path: path.value })
+            Some(SinkKind::File { path: path.value })
         }
         K::Discard => {
-            t.check_keys(cx, &["type", "delay_per_row"]);
+            t.check_keys(cx, &["type", "delay_per_row", "id"]);
             let delay = match t.string(cx, "delay_per_row") {
                 None => 0.0,
                 // Fractional microseconds ("0.5us") are allowed here: slow sinks need them.
@@ -1517,9 +1541,30 @@ fn read_sink(cx: &mut Cx, t: &T) -> Option<SinkSpec> {
                     }
                 },
             };
-            Some(SinkSpec::Discard { delay_per_row: delay })
+            Some(SinkKind::Discard { delay_per_row: delay })
         }
     }
+}
+
+/// The sink's `id`, or one derived from its type and destination.
+fn read_sink_id(cx: &mut Cx, t: &T, kind: Option<&SinkKind>) -> Option<Located<String>> {
+    if t.get("id").is_some() {
+        let id = t.string(cx, "id")?;
+        if id.value.is_empty() || id.value.len() > 200 || id.value.chars().any(char::is_control) {
+            cx.err(&id.span, &id.key, "expected a non-empty id of at most 200 characters without control characters");
+            return None;
+        }
+        return Some(id);
+    }
+    let value = match kind? {
+        SinkKind::Stdout { .. } => "stdout".to_string(),
+        SinkKind::File { path } => format!("file:{path}"),
+        SinkKind::Kafka(k) => format!("kafka:{}", k.topic),
+        SinkKind::ClickHouse(c) => format!("clickhouse:{}", c.table),
+        SinkKind::Redis(r) => format!("redis:{}", r.key.value),
+        SinkKind::Discard { .. } => "discard".to_string(),
+    };
+    Some(Located { value, key: t.key("id"), span: t.span.clone() })
 }
 
 fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
@@ -1527,6 +1572,7 @@ fn read_redis_sink(cx: &mut Cx, t: &T) -> Option<RedisSinkSpec> {
         cx,
         &[
             "type",
+            "id",
             "url",
             "mode",
             "key",

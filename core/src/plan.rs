@@ -762,7 +762,7 @@ pub fn validate(file: &str, text: &str, spec: JobSpec) -> Result<Plan, JobErrors
     };
 
     for sink in &spec.sinks {
-        if let job::SinkSpec::Redis(r) = sink {
+        if let job::SinkKind::Redis(r) = &sink.kind {
             v.redis_sink(r, &output, &spec.schema.tenant.value, spec.time.late_policy);
         }
     }

@@ -1,6 +1,9 @@
-//! Durations and timestamps: parsing and formatting without a calendar dependency.
+//! Durations and timestamps: parsing and formatting.
 //!
-//! Timestamps are microseconds since the Unix epoch (UTC), durations are microseconds.
+//! Timestamps are microseconds since the Unix epoch (UTC), durations are microseconds. Parsing
+//! reads the fields by hand (it runs once per event) and leaves the calendar's rules to the
+//! `time` crate: a date or time that does not exist (`2026-02-30`, `24:00:00`, a leap second
+//! `23:59:60`, an offset beyond ±25:59) is an error, never rolled over into a valid one.
 
 /// Event times must lie in years 1 to 9999; with durations capped at [`MAX_DURATION`], window
 /// arithmetic on them cannot overflow.
@@ -130,9 +133,8 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         return None;
     }
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
+    let month = ::time::Month::try_from(u8::try_from(mo).ok()?).ok()?;
+    ::time::Date::from_calendar_date(i32::try_from(y).ok()?, month, u8::try_from(d).ok()?).ok()?;
     if b.len() == 10 {
         return Some(from_civil(y, mo, d, 0, 0, 0, 0));
     }
@@ -140,9 +142,8 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         return None;
     }
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
+    // Leap seconds are refused, as Flink refuses them.
+    ::time::Time::from_hms(u8::try_from(h).ok()?, u8::try_from(mi).ok()?, u8::try_from(sec).ok()?).ok()?;
     let mut i = 19;
     let mut us = 0i64;
     if i < b.len() && b[i] == b'.' {
@@ -166,12 +167,77 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
             b'Z' | b'z' if i + 1 == b.len() => {}
             b'+' | b'-' if b.len() == i + 6 && b[i + 3] == b':' => {
                 let sign = if b[i] == b'-' { -1 } else { 1 };
-                offset = sign * (num(i + 1..i + 3)? * 3600 + num(i + 4..i + 6)? * 60);
+                let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+                ::time::UtcOffset::from_hms(i8::try_from(oh).ok()?, i8::try_from(om).ok()?, 0).ok()?;
+                offset = sign * (oh * 3600 + om * 60);
             }
             _ => return None,
         }
     }
     Some(from_civil(y, mo, d, h, mi, sec, us) - offset * MICROS_PER_SEC)
+}
+
+/// Epoch milliseconds written as a JSON number (`1772150400000`, `1772150400000.5`, `1.7e12`)
+/// to microseconds, from the decimal digits as written: digits below the microsecond are
+/// dropped toward the past (floor), the rule for timestamp strings too, and nothing goes
+/// through a binary float on the way. `None` for anything else, or beyond ±9e15 ms.
+pub fn micros_from_epoch_ms(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let (negative, b) = match b.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, b),
+    };
+    let int_len = b.iter().position(|c| !c.is_ascii_digit()).unwrap_or(b.len());
+    let (int, rest) = b.split_at(int_len);
+    let (frac, rest) = match rest.split_first() {
+        Some((b'.', r)) => {
+            let n = r.iter().position(|c| !c.is_ascii_digit()).unwrap_or(r.len());
+            if n == 0 {
+                return None;
+            }
+            r.split_at(n)
+        }
+        _ => (&rest[..0], rest),
+    };
+    let exp: i64 = match rest.split_first() {
+        None => 0,
+        Some((b'e' | b'E', e)) => {
+            let (sign, digits) = match e.split_first()? {
+                (b'-', d) => (-1, d),
+                (b'+', d) => (1, d),
+                _ => (1, e),
+            };
+            if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            sign * std::str::from_utf8(digits).ok()?.parse::<i64>().ok()?
+        }
+        _ => return None,
+    };
+    if int.is_empty() {
+        return None;
+    }
+    // The digits of the number, and how many of them are whole microseconds.
+    let digits = int.iter().chain(frac);
+    let whole = int.len() as i64 + exp + 3;
+    let mut us: i64 = 0;
+    let mut dropped = false;
+    for (i, &d) in digits.enumerate() {
+        let d = i64::from(d - b'0');
+        if (i as i64) < whole {
+            us = us.checked_mul(10)?.checked_add(d)?;
+        } else {
+            dropped |= d != 0;
+        }
+    }
+    // Zeros the exponent appends beyond the digits written.
+    for _ in (int.len() + frac.len()) as i64..whole {
+        us = us.checked_mul(10)?;
+    }
+    if us >= 9_000_000_000_000_000_000 / 1000 * 1000 {
+        return None;
+    }
+    Some(if negative { -us - i64::from(dropped) } else { us })
 }
 
 /// Wall-clock time in microseconds since the epoch.
@@ -196,6 +262,31 @@ mod tests {
     }
 
     #[test]
+    fn epoch_milliseconds_floor_to_the_microsecond_like_strings() {
+        let us = micros_from_epoch_ms;
+        assert_eq!(us("1772150400000"), Some(1_772_150_400_000_000));
+        assert_eq!(us("1.001"), Some(1001));
+        assert_eq!(us("1.0019"), Some(1001));
+        assert_eq!(us("1772150400000.0009"), Some(1_772_150_400_000_000));
+        assert_eq!(us("1772150400000.5"), Some(1_772_150_400_000_500));
+        assert_eq!(us("1.7721504e12"), Some(1_772_150_400_000_000));
+        assert_eq!(us("17721504000001e-1"), Some(1_772_150_400_000_100));
+        assert_eq!(us("-1.0005"), Some(-1001));
+        assert_eq!(us("-1.5"), Some(-1500));
+        assert_eq!(us("0.0004"), Some(0));
+        assert_eq!(us("-0.0004"), Some(-1));
+        assert_eq!(us("1e-300"), Some(0));
+        assert_eq!(us("9e15"), None);
+        assert_eq!(us("1e400"), None);
+        for bad in ["", "-", "1.", ".5", "1e", "1e+", "abc", "1.5x", "\"1\""] {
+            assert_eq!(us(bad), None, "{bad}");
+        }
+        // The same instants as strings: sub-microsecond digits are dropped the same way.
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00.0010019Z"), us("1.0019"));
+        assert_eq!(parse_timestamp("1969-12-31T23:59:59.9989995Z"), us("-1.0005"));
+    }
+
+    #[test]
     fn timestamps_round_trip() {
         let t = parse_timestamp("2026-11-25T12:34:56.789Z").unwrap();
         assert_eq!(format_rfc3339(t), "2026-11-25T12:34:56.789Z");
@@ -203,6 +294,24 @@ mod tests {
         assert_eq!(parse_timestamp("1970-01-01T01:00:00+01:00"), Some(0));
         assert_eq!(parse_timestamp("1969-12-31 23:59:59.5"), Some(-500_000));
         assert_eq!(parse_timestamp("2024-02-30x"), None);
+        // Dates and times that do not exist are refused, not rolled over (issue 17).
+        for bad in [
+            "2026-02-30T00:00:00Z",
+            "2025-02-29",
+            "2026-04-31T12:00:00Z",
+            "2026-02-27T23:59:60Z",
+            "2026-02-27T24:00:00Z",
+            "2026-02-27T12:60:00Z",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-01-00",
+            "2026-02-27T12:00:00+26:00",
+            "2026-02-27T12:00:00+01:60",
+        ] {
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+        assert!(parse_timestamp("2024-02-29T23:59:59.999999Z").is_some());
+        assert!(parse_timestamp("2026-12-31T23:59:59-23:59").is_some());
         let leap = parse_timestamp("2024-02-29").unwrap();
         assert_eq!(format_rfc3339(leap), "2024-02-29T00:00:00.000Z");
     }

@@ -57,6 +57,14 @@ impl fmt::Display for DataType {
     }
 }
 
+/// A float in the shortest form that reads back the same, with an exponent when that is
+/// shorter (`1e-300`, `3.5e199`: JSON readers take neither for an integer), and without a
+/// trailing `.0` (`1.0` is `1`). Non-finite floats as `NaN`, `inf`, `-inf`.
+pub fn shortest_float(x: f64, buf: &mut ryu::Buffer) -> &str {
+    let s = buf.format(x);
+    s.strip_suffix(".0").unwrap_or(s)
+}
+
 /// One field value. Strings up to 24 bytes are stored inline (no allocation).
 ///
 /// `repr(u8)` gives the enum a plain tag byte: without it the tag hides in a niche of
@@ -198,7 +206,7 @@ impl fmt::Display for Value {
             Value::Null => f.write_str("NULL"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write!(f, "{x}"),
+            Value::Float(x) => f.write_str(shortest_float(*x, &mut ryu::Buffer::new())),
             Value::Str(s) => f.write_str(s),
             Value::Ts(t) => f.write_str(&time::format_rfc3339(*t)),
             Value::Interval(i) => f.write_str(&time::format_duration(*i)),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 /// 4: the sink part holds the alert rules' state.
 /// 5: a window part holds the baselines of the anomaly steps after the window; the manifest
 /// records the model versions of score steps.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 const MAGIC: &[u8; 4] = b"TFCK";
 const MAGIC_ENCRYPTED: &[u8; 4] = b"TFCE";
 /// Environment variable holding the checkpoint key: 64 hex digits (256 bits).
@@ -91,6 +91,10 @@ pub struct Manifest {
     /// Part file names in the checkpoint directory.
     pub parts: Vec<String>,
     pub created_unix_ms: i64,
+    /// The ids of the job's sinks: a restore needs the same sinks (their progress is recorded
+    /// by id in the sink part).
+    #[serde(default)]
+    pub sinks: Vec<String>,
     /// The model versions each score step (by its key in the job file) uses after this
     /// checkpoint: a restore scores with them, so replayed rows get the same predictions.
     #[serde(default)]
@@ -386,6 +390,7 @@ mod tests {
                 parts: vec!["p0".into()],
                 models: Default::default(),
                 created_unix_ms: 0,
+                sinks: vec![],
             };
             commit(&root, &m, 2).expect("commit");
         }

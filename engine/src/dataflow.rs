@@ -25,9 +25,10 @@ use timely::worker::Worker;
 
 use tenantflow_connectors::kafka::KafkaDeadLetters;
 use tenantflow_connectors::kafka::KafkaSink;
+use tenantflow_connectors::opener::{self, Opener, Opening};
 use tenantflow_connectors::sink::{file_sink, Discard, JsonLines, Table};
-use tenantflow_connectors::{DeadLetterSink, DeadLetterWriter, Sink, Source};
-use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkSpec};
+use tenantflow_connectors::{ConnectorError, DeadLetterSink, DeadLetterWriter, Sink, Source};
+use tenantflow_core::job::{DeadLetterSpec, LatePolicy, SinkKind, SinkSpec};
 use tenantflow_core::plan::Plan;
 use tenantflow_core::{time, Value};
 use tenantflow_operators::cep::Cep;
@@ -142,6 +143,13 @@ fn ingest<'s>(
             if let Err(e) = ingest.restore(&bytes) {
                 shared.error(format!("restore ingest-{me}: {e}"));
             }
+            // What the source reads first must carry the timestamp it had in the run that took
+            // the checkpoint (its watermark then), not the initial one: dead letters and late
+            // events are written in timestamp order, so they keep their order across a restore.
+            let at = to_time(ingest.watermark());
+            if let Some(c) = cap.as_mut().filter(|c| at > *c.time()) {
+                c.downgrade(&at);
+            }
         }
         let mut epoch = ckpt.as_ref().map_or(0, |c| c.first_epoch());
         let mut next_checkpoint = ckpt.as_ref().map(|c| Instant::now() + c.interval);
@@ -206,6 +214,19 @@ fn ingest<'s>(
             }
             let mut batch = Vec::new();
             let status = if shared.end_sources.load(Relaxed) { Status::Done } else { ingest.step(&mut batch) };
+            // Dead letters and late events go at the watermark before their record (never below
+            // the capability): the same timestamp in every run, however the input was batched.
+            let mut side = ingest.take_side().peekable();
+            while let Some((wm, first)) = side.next() {
+                let at = to_time(wm).max(t);
+                let delayed = c.delayed(&at);
+                let mut session = output.session(&delayed);
+                session.give((me, first));
+                while let Some((_, m)) = side.next_if(|(w, _)| to_time(*w).max(t) == at) {
+                    session.give((me, m));
+                }
+            }
+            drop(side);
             msgs.extend(batch.into_iter().map(|m| (me, m)));
             if matches!(status, Status::Done) {
                 msgs.extend((0..peers).map(|to| (me, Msg::End { to })));
@@ -639,51 +660,76 @@ fn pattern<'s>(
     })
 }
 
-/// Opens the job's sinks; `resume` holds each sink's checkpointed output length when restoring.
-fn open_sinks(plan: &Plan, shared: &Shared, resume: Option<&[Option<u64>]>, restore_requested: bool) -> Vec<Box<dyn Sink>> {
+/// A sink as worker 0 holds it: written to once open.
+type BoxedSink = Box<dyn Sink + Send>;
+
+/// Opens one `[[sinks]]` entry; `resume` is its output length in the checkpoint restored. A
+/// service that cannot be reached yet leaves the sink waiting (retried in the background).
+fn open_sink(plan: &Plan, spec: &SinkSpec, resume: Option<u64>, restore_requested: bool) -> Opening<BoxedSink> {
     // Results come at the same timestamps in every run only for event-time windows without
     // late updates, and patterns; only then may the Redis sink skip what its marker says was
     // written.
     let keyed = plan.window.is_some() || plan.pattern.is_some();
     let deterministic = keyed && plan.event_time() && plan.spec.time.late_policy != LatePolicy::Update;
-    let names = plan.output.names();
-    let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-    for (i, spec) in plan.spec.sinks.iter().enumerate() {
-        match spec {
-            SinkSpec::Stdout { json: false } => sinks.push(Box::new(Table::new(std::io::stdout(), plan.output.fields()))),
-            SinkSpec::Stdout { json: true } => sinks.push(Box::new(JsonLines::new(std::io::stdout(), &names))),
-            SinkSpec::File { path } => match file_sink(path, &names, resume.and_then(|r| r.get(i).copied().flatten())) {
-                Ok(s) => sinks.push(Box::new(s)),
-                Err(e) => shared.error(format!("file sink: {e}")),
-            },
-            SinkSpec::Kafka(k) => {
-                // Keyed by tenant and the window's key fields, as far as the output keeps them.
-                let key_names = std::iter::once(plan.spec.schema.tenant.value.as_str()).chain(window_keys(plan));
-                let key_fields = key_names.filter_map(|n| names.iter().position(|m| *m == n)).collect();
-                match KafkaSink::open(k, &names, key_fields) {
-                    Ok(s) => sinks.push(Box::new(s)),
-                    Err(e) => shared.error(format!("kafka sink: {e}")),
-                }
+    let names: Vec<String> = plan.output.names().iter().map(|n| n.to_string()).collect();
+    let fields = plan.output.fields().to_vec();
+    let tenant = names.iter().position(|n| *n == plan.spec.schema.tenant.value);
+    let id = spec.id.clone();
+    let named = move |e: ConnectorError| match e {
+        ConnectorError::Unavailable(m) => ConnectorError::Unavailable(format!("sink `{id}`: {m}")),
+        e => ConnectorError::Sink(format!("sink `{id}`: {e}")),
+    };
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    match &spec.kind {
+        SinkKind::Stdout { json: false } => Opening::Open(Box::new(Table::new(std::io::stdout(), &fields))),
+        SinkKind::Stdout { json: true } => Opening::Open(Box::new(JsonLines::new(std::io::stdout(), &name_refs))),
+        SinkKind::Discard { delay_per_row } => Opening::Open(Box::new(Discard::new(*delay_per_row))),
+        SinkKind::File { path } => match file_sink(path, &name_refs, resume) {
+            Ok(s) => Opening::Open(Box::new(s)),
+            Err(e) => Opening::Failed(named(ConnectorError::Io { path: path.clone(), source: e })),
+        },
+        SinkKind::Kafka(k) => {
+            // Keyed by tenant and the window's key fields, as far as the output keeps them.
+            let key_names = std::iter::once(plan.spec.schema.tenant.value.as_str()).chain(window_keys(plan));
+            let key_fields = key_names.filter_map(|n| names.iter().position(|m| m == n)).collect();
+            match KafkaSink::open(k, &name_refs, key_fields) {
+                Ok(s) => Opening::Open(Box::new(s)),
+                Err(e) => Opening::Failed(named(e)),
             }
-            SinkSpec::ClickHouse(c) => {
-                let tenant = names.iter().position(|n| *n == plan.spec.schema.tenant.value.as_str());
-                match tenantflow_connectors::clickhouse::ClickHouseSink::open(c, plan.output.fields(), tenant) {
-                    Ok(s) => sinks.push(Box::new(s)),
-                    Err(e) => shared.error(format!("clickhouse sink: {e}")),
-                }
-            }
-            SinkSpec::Redis(r) => {
-                let continue_output = restore_requested && deterministic;
-                match tenantflow_connectors::redis::RedisSink::open(r, plan.output.fields(), &plan.spec.name, i, continue_output) {
-                    Ok(s) => sinks.push(Box::new(s)),
-                    Err(e) => shared.error(format!("redis sink: {e}")),
-                }
-            }
-            SinkSpec::Discard { delay_per_row: 0.0 } => {}
-            SinkSpec::Discard { delay_per_row } => sinks.push(Box::new(Discard::new(*delay_per_row))),
+        }
+        SinkKind::ClickHouse(c) => {
+            let c = c.clone();
+            opener::open(move || {
+                tenantflow_connectors::clickhouse::ClickHouseSink::open(&c, &fields, tenant)
+                    .map(|s| Box::new(s) as BoxedSink)
+                    .map_err(&named)
+            })
+        }
+        SinkKind::Redis(r) => {
+            let r = r.clone();
+            let (job, id) = (plan.spec.name.clone(), spec.id.clone());
+            let continue_output = restore_requested && deterministic;
+            opener::open(move || {
+                tenantflow_connectors::redis::RedisSink::open(&r, &fields, &job, &id, continue_output)
+                    .map(|s| Box::new(s) as BoxedSink)
+                    .map_err(&named)
+            })
         }
     }
-    sinks
+}
+
+/// One `[[sinks]]` entry on worker 0, by its stable id.
+struct SinkSlot {
+    id: String,
+    state: SlotState,
+}
+
+enum SlotState {
+    Open(BoxedSink),
+    /// Its service cannot be reached yet: rows wait (and the sources with them).
+    Waiting(Opener<BoxedSink>),
+    /// Refused for good; the job has failed.
+    Failed,
 }
 
 fn window_keys(plan: &Plan) -> impl Iterator<Item = &str> {
@@ -691,11 +737,11 @@ fn window_keys(plan: &Plan) -> impl Iterator<Item = &str> {
 }
 
 /// Worker 0's sink state in a checkpoint: rows waiting for their timestamp, and how far each
-/// rollback-able output had been written.
+/// rollback-able output had been written, by sink id.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SinkSnapshot {
     pending: Vec<(u64, Vec<Msg>)>,
-    sinks: Vec<Option<u64>>,
+    sinks: Vec<(String, Option<u64>)>,
     dead_letters: u64,
     late: Option<u64>,
     alerts: crate::alerting::RulesSnapshot,
@@ -705,6 +751,8 @@ struct SinkSnapshot {
 const SINK_SLICE: Duration = Duration::from_millis(20);
 /// How often the sink looks at a batch waiting for its `batch_interval` while no rows come.
 const SINK_FLUSH_CHECK: Duration = Duration::from_millis(20);
+/// How often the sink looks whether a waiting sink has opened.
+const OPEN_CHECK: Duration = Duration::from_millis(50);
 
 fn sink<'s>(
     input: Stream<'s, u64, Vec<Envelope>>,
@@ -772,6 +820,12 @@ fn sink<'s>(
                 None => pending.keys().copied().filter(|t| *t < stashed || stashed == u64::MAX).collect(),
             };
             let Some(st) = state.as_mut() else { return };
+            // A sink still waiting for its service holds every row back (and, through the
+            // probe, the sources): rows are written to all sinks or to none.
+            if !st.open_waiting(&shared) {
+                activator.activate_after(OPEN_CHECK);
+                return;
+            }
             if !ready.is_empty() {
                 let started = Instant::now();
                 for t in ready {
@@ -830,7 +884,7 @@ fn open_dead_letters(plan: &Plan, shared: &Shared) -> Box<dyn DeadLetterSink> {
 
 /// Worker 0's writers.
 struct SinkState {
-    sinks: Vec<Box<dyn Sink>>,
+    sinks: Vec<SinkSlot>,
     dead: Box<dyn DeadLetterSink>,
     late: Option<Box<dyn Sink>>,
     tenants: TenantCounts,
@@ -865,18 +919,78 @@ impl SinkState {
                 None
             }
         };
+        let mut failed = false;
+        let sinks = plan
+            .spec
+            .sinks
+            .iter()
+            .map(|spec| {
+                // Restores of checkpoints whose sinks differ are refused before the job starts.
+                let resume = restored.and_then(|r| r.sinks.iter().find(|(id, _)| *id == spec.id)).and_then(|(_, p)| *p);
+                let state = match open_sink(plan, spec, resume, restore_requested) {
+                    Opening::Open(s) => SlotState::Open(s),
+                    Opening::Waiting(o) => {
+                        tracing::warn!(sink = %spec.id, "waiting for the sink's service: {}", o.reason());
+                        SlotState::Waiting(o)
+                    }
+                    Opening::Failed(e) => {
+                        shared.error(e.to_string());
+                        failed = true;
+                        SlotState::Failed
+                    }
+                };
+                SinkSlot { id: spec.id.clone(), state }
+            })
+            .collect();
         SinkState {
             alerts,
             alerts_reported: 0,
-            sinks: open_sinks(plan, shared, restored.map(|r| r.sinks.as_slice()), restore_requested),
+            sinks,
             dead: open_dead_letters(plan, shared),
             late,
             tenants: TenantCounts::default(),
             tenants_merged: 0,
             shared: Arc::clone(shared),
-            failed: false,
+            failed,
             to_commit: VecDeque::new(),
         }
+    }
+
+    /// The open sinks.
+    fn open(&mut self) -> impl Iterator<Item = &mut BoxedSink> {
+        self.sinks.iter_mut().filter_map(|s| match &mut s.state {
+            SlotState::Open(sink) => Some(sink),
+            _ => None,
+        })
+    }
+
+    /// Takes the sinks that opened since the last look; true when none is waiting any more.
+    /// Publishes what still waits (job status, progress line).
+    fn open_waiting(&mut self, shared: &Shared) -> bool {
+        if !self.sinks.iter().any(|s| matches!(s.state, SlotState::Waiting(_))) {
+            return true;
+        }
+        let mut waiting = Vec::new();
+        for slot in &mut self.sinks {
+            let SlotState::Waiting(opener) = &slot.state else { continue };
+            match opener.poll() {
+                None => waiting.push(format!("sink `{}`: {}", slot.id, opener.reason())),
+                Some(Ok(sink)) => {
+                    tracing::info!(sink = %slot.id, "sink open");
+                    slot.state = SlotState::Open(sink);
+                }
+                Some(Err(e)) => {
+                    shared.error(e.to_string());
+                    self.failed = true;
+                    slot.state = SlotState::Failed;
+                }
+            }
+        }
+        let none = waiting.is_empty();
+        if let Ok(mut w) = shared.sinks_waiting.lock() {
+            *w = waiting;
+        }
+        none
     }
 
     /// Writes everything of one timestamp in a deterministic order, so output files do not
@@ -900,7 +1014,7 @@ impl SinkState {
         }
         rows.sort_unstable();
         if let Some(t) = msgs_time {
-            for s in &mut self.sinks {
+            for s in self.open() {
                 s.begin_time(t);
             }
         }
@@ -918,10 +1032,12 @@ impl SinkState {
             if self.failed {
                 continue;
             }
-            for s in &mut self.sinks {
-                if let Err(e) = s.write(r) {
-                    shared.error(format!("sink write failed: {e}"));
-                    self.failed = true;
+            for slot in &mut self.sinks {
+                if let SlotState::Open(s) = &mut slot.state {
+                    if let Err(e) = s.write(r) {
+                        shared.error(format!("sink `{}`: write failed: {e}", slot.id));
+                        self.failed = true;
+                    }
                 }
             }
         }
@@ -948,7 +1064,24 @@ impl SinkState {
         if self.failed {
             return Err(std::io::Error::other("an output failed; no checkpoint is taken"));
         }
-        let sinks = self.sinks.iter_mut().map(|s| s.checkpoint()).collect::<std::io::Result<Vec<_>>>()?;
+        // After any error (a source that could not open, say) the run's output may be
+        // incomplete: a restore must go back to before it.
+        if self.shared.has_errors() {
+            tracing::warn!(epoch, "checkpoint not taken: the job has failed");
+            return Ok(());
+        }
+        // A sink that is not open has received nothing yet: its rows wait in `pending`, and
+        // committing now would let a restore take that sink's progress for granted.
+        if let Some(slot) = self.sinks.iter().find(|s| !matches!(s.state, SlotState::Open(_))) {
+            tracing::warn!(epoch, sink = %slot.id, "checkpoint not taken: the sink is not open yet");
+            return Ok(());
+        }
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for slot in &mut self.sinks {
+            if let SlotState::Open(s) = &mut slot.state {
+                sinks.push((slot.id.clone(), s.checkpoint()?));
+            }
+        }
         let late = match self.late.as_mut() {
             Some(l) => l.checkpoint()?,
             None => None,
@@ -973,6 +1106,7 @@ impl SinkState {
             finished_sources: finished,
             parts,
             created_unix_ms: time::now_micros() / 1000,
+            sinks: self.sinks.iter().map(|s| s.id.clone()).collect(),
             models: self
                 .shared
                 .models
@@ -1012,16 +1146,20 @@ impl SinkState {
 
     /// Some sink holds rows it sends once they are old enough.
     fn pending(&self) -> bool {
-        self.sinks.iter().any(|s| s.pending())
+        self.sinks.iter().any(|s| matches!(&s.state, SlotState::Open(sink) if sink.pending()))
     }
 
     fn flush(&mut self, shared: &Shared) {
-        for s in &mut self.sinks {
-            if let Err(e) = s.flush() {
-                shared.error(format!("sink flush failed: {e}"));
+        let mut retries = 0;
+        for slot in &mut self.sinks {
+            if let SlotState::Open(s) = &mut slot.state {
+                if let Err(e) = s.flush() {
+                    shared.error(format!("sink `{}`: flush failed: {e}", slot.id));
+                }
+                retries += s.retries();
             }
         }
-        shared.sink_retries.store(self.sinks.iter().map(|s| s.retries()).sum(), Relaxed);
+        shared.sink_retries.store(retries, Relaxed);
         let now = time::now_micros();
         if let (Some(a), true) = (self.alerts.as_ref(), now - self.alerts_reported >= crate::ingest::TENANT_MERGE_US) {
             self.alerts_reported = now;
@@ -1042,9 +1180,11 @@ impl SinkState {
                 *s = Some(stats);
             }
         }
-        for s in &mut self.sinks {
-            if let Err(e) = s.finish() {
-                shared.error(format!("sink failed: {e}"));
+        for slot in &mut self.sinks {
+            if let SlotState::Open(s) = &mut slot.state {
+                if let Err(e) = s.finish() {
+                    shared.error(format!("sink `{}`: {e}", slot.id));
+                }
             }
         }
         if let Err(e) = self.dead.finish() {
@@ -1060,7 +1200,7 @@ impl SinkState {
 
 impl Drop for SinkState {
     fn drop(&mut self) {
-        for s in &mut self.sinks {
+        for s in self.open() {
             let _ = s.flush();
         }
         let _ = self.dead.flush();

@@ -106,6 +106,9 @@ pub struct JobStatus {
     pub last_checkpoint_epoch: Option<u64>,
     pub last_checkpoint_bytes: u64,
     pub last_checkpoint_duration_ms: f64,
+    /// Sinks not open yet, with why (`sink `id`: reason`): the job waits for them.
+    #[serde(default)]
+    pub sinks_waiting: Vec<String>,
     pub errors: Vec<String>,
 }
 
@@ -151,6 +154,7 @@ fn status(j: &HostedJob) -> JobStatus {
         last_checkpoint_epoch: (committed > 0).then_some(committed),
         last_checkpoint_bytes: s.checkpoint_bytes.load(Relaxed),
         last_checkpoint_duration_ms: s.checkpoint_duration_us.load(Relaxed) as f64 / 1000.0,
+        sinks_waiting: s.sinks_waiting(),
         errors: s.errors(),
     }
 }

@@ -80,6 +80,10 @@ pub struct Ingest {
     idle_since: Option<Instant>,
     /// The source has ended (also in the run a checkpoint came from).
     finished: bool,
+    /// Dead letters and late events, each with the watermark before its record: they are sent
+    /// at that time, so where they fall among other timestamps depends on the input alone, not
+    /// on how it was cut into batches (a restored run cuts it elsewhere).
+    side: Vec<(i64, Msg)>,
 }
 
 impl Ingest {
@@ -116,6 +120,7 @@ impl Ingest {
             local,
             idle_since: None,
             finished: false,
+            side: Vec::new(),
             plan,
         };
         if let Some(e) = failed {
@@ -178,7 +183,7 @@ impl Ingest {
         self.watermark
     }
 
-    fn dead(&mut self, out: &mut Vec<Msg>, reason: String, row: &[Value], at: (&str, u64), tenant: Option<&Value>) {
+    fn dead(&mut self, reason: String, row: &[Value], at: (&str, u64), tenant: Option<&Value>) {
         let names: Vec<&str> = self.input_names.iter().map(String::as_str).collect();
         let raw = row_to_json(&names, &row[..names.len()]);
         let mut d = DeadLetter::new(reason, at.0, at.1, raw.as_bytes());
@@ -190,7 +195,26 @@ impl Ingest {
             None => self.tenants.get(&Value::Null).dead_lettered += 1,
         }
         self.shared.dead_letters.fetch_add(1, Relaxed);
-        out.push(Msg::Dead(d));
+        self.side.push((self.watermark, Msg::Dead(d)));
+    }
+
+    /// Takes the dead letters and late events of the last step, with the watermark before each.
+    pub fn take_side(&mut self) -> std::vec::Drain<'_, (i64, Msg)> {
+        self.side.drain(..)
+    }
+
+    /// Dead letters of undecodable records read before row `row` of the chunk (all when `None`),
+    /// at the watermark the rows before them left.
+    fn undecodable(&mut self, row: Option<usize>) {
+        let n = match row {
+            Some(r) => self.batch.dead.iter().take_while(|(before, _)| *before <= r).count(),
+            None => self.batch.dead.len(),
+        };
+        for (_, d) in self.batch.dead.drain(..n) {
+            self.shared.dead_letters.fetch_add(1, Relaxed);
+            self.tenants.get(&Value::Null).dead_lettered += 1;
+            self.side.push((self.watermark, Msg::Dead(d)));
+        }
     }
 
     /// Reads and processes up to `batch_size` records, appending messages to `out`.
@@ -257,11 +281,6 @@ impl Ingest {
             self.shared.bytes_in.fetch_add(std::mem::take(&mut self.batch.bytes), Relaxed);
         }
         let undecodable = self.batch.dead.len();
-        for d in self.batch.dead.drain(..) {
-            self.shared.dead_letters.fetch_add(1, Relaxed);
-            self.tenants.get(&Value::Null).dead_lettered += 1;
-            out.push(Msg::Dead(d));
-        }
         let tenant_pos = self.plan.tenant_pos;
         let width = self.batch.width.max(1);
         let mut values = std::mem::take(&mut self.batch.values);
@@ -274,7 +293,8 @@ impl Ingest {
             let mut admitted = std::mem::take(&mut self.admitted);
             let mut chosen: Vec<&mut [Value]> = Vec::with_capacity(rows);
             for (i, row) in values.chunks_exact_mut(width).enumerate() {
-                if let Some((ts, wm)) = self.admit(i, row, now, out) {
+                self.undecodable(Some(i));
+                if let Some((ts, wm)) = self.admit(i, row, now) {
                     admitted.push((ts, wm));
                     chosen.push(row);
                 }
@@ -293,7 +313,8 @@ impl Ingest {
             self.keep = keep;
         } else {
             for (i, row) in values.chunks_exact_mut(width).enumerate() {
-                let Some((ts, wm)) = self.admit(i, row, now, out) else { continue };
+                self.undecodable(Some(i));
+                let Some((ts, wm)) = self.admit(i, row, now) else { continue };
                 if !self.steps.apply(row) {
                     self.tenants.get(&row[tenant_pos]).events_in += 1;
                     continue;
@@ -301,6 +322,7 @@ impl Ingest {
                 late_dropped += self.dispatch(row, ts, wm, out);
             }
         }
+        self.undecodable(None);
         values.clear();
         self.batch.values = values;
         self.batch.positions.clear();
@@ -319,13 +341,13 @@ impl Ingest {
     /// Checks a row's tenant and event time (dead letters otherwise) and advances the watermark.
     /// Returns the row's time and the watermark before it, by which its lateness is judged.
     #[inline]
-    fn admit(&mut self, i: usize, row: &mut [Value], now: i64, out: &mut Vec<Msg>) -> Option<(i64, i64)> {
+    fn admit(&mut self, i: usize, row: &mut [Value], now: i64) -> Option<(i64, i64)> {
         let (tenant_pos, event_time) = (self.plan.tenant_pos, self.plan.event_time());
         if row[tenant_pos].is_null() {
             let reason = format!("missing tenant field `{}`", self.plan.spec.schema.tenant.value);
             let (name, pos) = self.batch.position(i);
             let at = (name.to_string(), pos);
-            self.dead(out, reason, row, (&at.0, at.1), None);
+            self.dead(reason, row, (&at.0, at.1), None);
             return None;
         }
         let ts = if event_time {
@@ -337,7 +359,7 @@ impl Ingest {
                     let tenant = row[tenant_pos].clone();
                     let (name, pos) = self.batch.position(i);
                     let at = (name.to_string(), pos);
-                    self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
+                    self.dead(reason, row, (&at.0, at.1), Some(&tenant));
                     return None;
                 }
             }
@@ -349,7 +371,7 @@ impl Ingest {
             let tenant = row[tenant_pos].clone();
             let (name, pos) = self.batch.position(i);
             let at = (name.to_string(), pos);
-            self.dead(out, reason, row, (&at.0, at.1), Some(&tenant));
+            self.dead(reason, row, (&at.0, at.1), Some(&tenant));
             return None;
         }
         // Lateness is judged against the watermark before this event, which is
@@ -381,7 +403,7 @@ impl Ingest {
                     } else {
                         // Rows that reach a window are counted per tenant when partials are drained.
                         self.tenants.get(&row[tenant_pos]).events_in += 1;
-                        return self.late(row, tenant_pos, out);
+                        return self.late(row, tenant_pos, wm);
                     }
                 }
                 0
@@ -392,7 +414,7 @@ impl Ingest {
                     // A pattern takes each key's events in time order once: an event
                     // behind the watermark would come after events it precedes.
                     if self.plan.event_time() && ts < wm {
-                        return self.late(row, tenant_pos, out);
+                        return self.late(row, tenant_pos, wm);
                     }
                     let hash = hash_key(keys.iter().map(|&p| &row[p]));
                     out.push(Msg::Event { hash, time: ts, row: row.to_vec() });
@@ -409,11 +431,11 @@ impl Ingest {
 
     /// Counts a late row for its tenant and sends it to the late output, or returns 1 when it
     /// is dropped (the caller sums those).
-    fn late(&mut self, row: &[Value], tenant_pos: usize, out: &mut Vec<Msg>) -> u64 {
+    fn late(&mut self, row: &[Value], tenant_pos: usize, wm: i64) -> u64 {
         self.tenants.get(&row[tenant_pos]).late += 1;
         if self.plan.spec.time.late_policy == LatePolicy::SideOutput {
             self.shared.late_side_output.fetch_add(1, Relaxed);
-            out.push(Msg::Late(row[..self.input_names.len()].to_vec()));
+            self.side.push((wm, Msg::Late(row[..self.input_names.len()].to_vec())));
             0
         } else {
             1

@@ -121,6 +121,7 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
                 r.manifest.workers
             )));
         }
+        check_sinks(plan, r)?;
         tracing::info!(job = %plan.spec.name, epoch = r.manifest.epoch, "restored");
     }
     let interval = cfg.checkpoint_interval.unwrap_or(Duration::from_micros(spec.interval as u64));
@@ -137,6 +138,28 @@ fn checkpointing(plan: &Plan, cfg: &RunConfig) -> Result<Option<Checkpointing>, 
         crypto,
         stop: cfg.stop.clone(),
     }))
+}
+
+/// A checkpoint records each sink's progress by its id: restoring it into a job whose sinks
+/// differ would start a new sink in mid-output or drop one's progress, so it is refused.
+fn check_sinks(plan: &Plan, r: &checkpoint::Restore) -> Result<(), EngineError> {
+    let ids: Vec<&str> = plan.spec.sinks.iter().map(|s| s.id.as_str()).collect();
+    let recorded: Vec<&str> = r.manifest.sinks.iter().map(String::as_str).collect();
+    let differ = |what: String| {
+        EngineError::Config(format!(
+            "checkpoint {} cannot be restored: {what}. Its sinks are [{}], the job's are [{}]; restore with the same sinks (a sink's settings may change, not its id) or start without --restore",
+            r.dir.display(),
+            recorded.join(", "),
+            ids.join(", ")
+        ))
+    };
+    if let Some((i, id)) = ids.iter().enumerate().find(|(_, id)| !recorded.contains(id)) {
+        return Err(differ(format!("the job's sink `{id}` (sinks[{i}]) is not in it")));
+    }
+    if let Some(id) = recorded.iter().find(|id| !ids.contains(id)) {
+        return Err(differ(format!("it holds the progress of sink `{id}`, which the job no longer has")));
+    }
+    Ok(())
 }
 
 pub(crate) fn timely_config(cfg: &RunConfig) -> Result<timely::Config, EngineError> {
@@ -392,9 +415,11 @@ fn spawn_progress(shared: Arc<Shared>, done: Arc<AtomicBool>) -> std::thread::Jo
             let events = shared.events_in.load(Relaxed);
             let rate = (events - last.1) as f64 / last.0.elapsed().as_secs_f64();
             last = (Instant::now(), events);
+            let waiting = shared.sinks_waiting();
+            let waiting = if waiting.is_empty() { String::new() } else { format!(" waiting: {}", waiting.join("; ")) };
             let _ = writeln!(
                 std::io::stderr(),
-                "[progress] events={events} rate={rate:.0}/s watermark={} windows={} rows_out={} late={} dead_letters={}",
+                "[progress] events={events} rate={rate:.0}/s watermark={} windows={} rows_out={} late={} dead_letters={}{waiting}",
                 fmt_watermark(shared.watermark()),
                 shared.windows_fired.load(Relaxed),
                 shared.rows_out.load(Relaxed),

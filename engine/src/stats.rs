@@ -88,6 +88,9 @@ pub struct Shared {
     pub backpressure_us: AtomicU64,
     /// Requests the sinks' clients retried (cumulative, from the sinks).
     pub sink_retries: AtomicU64,
+    /// Sinks not open yet because their service is unreachable: `sink `id`: reason` each. While
+    /// any is listed, nothing is written and no checkpoint commits.
+    pub sinks_waiting: Mutex<Vec<String>>,
     /// The job's alert manager's counters, refreshed by the sink about once a second.
     pub alerts: Mutex<Option<tenantflow_alerts::Stats>>,
     /// Processing time at which a window's result was emitted minus the window's end (µs), and
@@ -164,6 +167,7 @@ impl Shared {
             busy_ns: [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)],
             backpressure_us: AtomicU64::new(0),
             sink_retries: AtomicU64::new(0),
+            sinks_waiting: Mutex::new(Vec::new()),
             alerts: Mutex::new(None),
             emit_delay: Mutex::new(latency_histogram()),
             sink_write: Mutex::new(latency_histogram()),
@@ -196,6 +200,10 @@ impl Shared {
     /// Whether any error was reported (checked every step: no copy of the messages).
     pub fn has_errors(&self) -> bool {
         self.errors.lock().is_ok_and(|e| !e.is_empty())
+    }
+
+    pub fn sinks_waiting(&self) -> Vec<String> {
+        self.sinks_waiting.lock().map(|w| w.clone()).unwrap_or_default()
     }
 
     pub fn errors(&self) -> Vec<String> {

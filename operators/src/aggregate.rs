@@ -26,6 +26,11 @@ pub enum Acc {
         sum: ExactSum,
         count: i64,
     },
+    /// `avg` of an int argument: the exact sum (no int is rounded to a float on the way).
+    AvgInt {
+        sum: i128,
+        count: i64,
+    },
     Distinct(FastSet<Value>),
     Hll(Box<CardinalityEstimator<Value>>),
     Sketch(Box<DDSketch>),
@@ -72,7 +77,8 @@ impl Arg {
 
 /// Compiled aggregates of one window step.
 pub struct Aggregates {
-    specs: Vec<(AggFunc, DataType, Option<Arg>)>,
+    /// (function, output type, argument, whether the argument is an int).
+    specs: Vec<(AggFunc, DataType, Option<Arg>, bool)>,
 }
 
 impl Aggregates {
@@ -84,7 +90,7 @@ impl Aggregates {
                 None => a.compile_arg(schema).map(Arg::Expr),
             }
         };
-        Aggregates { specs: aggs.iter().map(|a| (a.func, a.out_type, arg(a))).collect() }
+        Aggregates { specs: aggs.iter().map(|a| (a.func, a.out_type, arg(a), a.arg_type == DataType::Int)).collect() }
     }
 
     pub fn len(&self) -> usize {
@@ -99,12 +105,14 @@ impl Aggregates {
     pub fn init(&self) -> Vec<Acc> {
         self.specs
             .iter()
-            .map(|(f, out, _)| match f {
+            .map(|(f, out, _, int_arg)| match f {
                 AggFunc::CountAll | AggFunc::Count => Acc::Count(0),
                 AggFunc::Sum if *out == DataType::Float => Acc::SumFloat(ExactSum::default()),
                 AggFunc::Sum => Acc::SumInt(0),
                 AggFunc::Min => Acc::Min(Value::Null),
                 AggFunc::Max => Acc::Max(Value::Null),
+                // Ints are summed exactly: converting each to a float first would round.
+                AggFunc::Avg if *int_arg => Acc::AvgInt { sum: 0, count: 0 },
                 AggFunc::Avg => Acc::Avg { sum: ExactSum::default(), count: 0 },
                 AggFunc::CountDistinct => Acc::Distinct(FastSet::default()),
                 AggFunc::ApproxCountDistinct => Acc::Hll(Box::default()),
@@ -120,7 +128,7 @@ impl Aggregates {
     /// Adds one row (with event time `ts`) to the accumulators.
     #[inline]
     pub fn update(&self, accs: &mut [Acc], row: &[Value], ts: i64) {
-        for (acc, (_, _, arg)) in accs.iter_mut().zip(&self.specs) {
+        for (acc, (_, _, arg, _)) in accs.iter_mut().zip(&self.specs) {
             let Some(arg) = arg else {
                 // count(*)
                 if let Acc::Count(n) = acc {
@@ -147,6 +155,12 @@ impl Aggregates {
                 Acc::Avg { sum, count } => {
                     if let Some(v) = arg.eval_f64(row) {
                         sum.add(v);
+                        *count += 1;
+                    }
+                }
+                Acc::AvgInt { sum, count } => {
+                    if let Some(v) = arg.eval_i64(row) {
+                        *sum += i128::from(v);
                         *count += 1;
                     }
                 }
@@ -211,7 +225,7 @@ impl Aggregates {
 
     /// Writes the final values of `accs` to `out`.
     pub fn finish(&self, accs: &[Acc], out: &mut Vec<Value>) {
-        for (acc, (func, out_ty, _)) in accs.iter().zip(&self.specs) {
+        for (acc, (func, out_ty, _, _)) in accs.iter().zip(&self.specs) {
             out.push(match acc {
                 Acc::Count(n) => Value::Int(*n),
                 Acc::SumInt(s) => Value::Int(*s),
@@ -221,6 +235,13 @@ impl Aggregates {
                         Value::Null
                     } else {
                         Value::Float(sum.value() / *count as f64)
+                    }
+                }
+                Acc::AvgInt { sum, count } => {
+                    if *count == 0 {
+                        Value::Null
+                    } else {
+                        Value::Float(exact_ratio(*sum, *count as u128))
                     }
                 }
                 Acc::Min(v) | Acc::Max(v) | Acc::First(_, v) | Acc::Last(_, v) => retype(v.clone(), *out_ty),
@@ -270,6 +291,10 @@ pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
                 sum.merge(&s2);
                 *count += c2;
             }
+            (Acc::AvgInt { sum, count }, Acc::AvgInt { sum: s2, count: c2 }) => {
+                *sum += s2;
+                *count += c2;
+            }
             (Acc::Min(x), Acc::Min(y)) if !y.is_null() && (x.is_null() || y < *x) => *x = y,
             (Acc::Max(x), Acc::Max(y)) if !y.is_null() && (x.is_null() || y > *x) => *x = y,
             (Acc::Distinct(x), Acc::Distinct(y)) => {
@@ -302,6 +327,35 @@ pub fn merge(into: &mut [Acc], from: Vec<Acc>) {
             // Mismatched pairs cannot happen (same aggregates); a guard that fails keeps `a`.
             _ => {}
         }
+    }
+}
+
+/// `sum / count` rounded once, to the nearest float (ties to even): the quotient is computed
+/// in integers with at least two bits beyond a float's 53, the remainder decides ties.
+pub fn exact_ratio(sum: i128, count: u128) -> f64 {
+    if sum == 0 || count == 0 {
+        return 0.0;
+    }
+    let s = sum.unsigned_abs();
+    let bits = |x: u128| 128 - x.leading_zeros() as i32;
+    // Scale the dividend so the quotient has 55 or 56 bits (s < 2^127 and count < 2^64 keep
+    // the shifted dividend below 2^120).
+    let k = (55 + bits(count) - bits(s)).max(0);
+    let n = s << k;
+    let (q, r) = (n / count, n % count);
+    let shift = bits(q) - 53;
+    let (mut m, rest) = if shift > 0 { (q >> shift, q & ((1u128 << shift) - 1)) } else { (q, 0) };
+    if shift > 0 {
+        let half = 1u128 << (shift - 1);
+        if rest > half || (rest == half && (r != 0 || m & 1 == 1)) {
+            m += 1;
+        }
+    }
+    let v = m as f64 * 2f64.powi(shift - k);
+    if sum < 0 {
+        -v
+    } else {
+        v
     }
 }
 
@@ -380,7 +434,7 @@ impl ExactSum {
 
 #[cfg(test)]
 mod tests {
-    use super::ExactSum;
+    use super::{exact_ratio, ExactSum};
 
     fn sum(xs: &[f64]) -> f64 {
         let mut s = ExactSum::default();
@@ -401,5 +455,32 @@ mod tests {
         assert_eq!(a.value(), 0.6);
         assert_eq!(sum(&[]), 0.0);
         assert!(sum(&[1.0, f64::INFINITY]).is_infinite());
+    }
+
+    #[test]
+    fn int_averages_are_rounded_once() {
+        // The example of issue 17: each value converted to a float first gave 0.
+        assert_eq!(exact_ratio(9_007_199_254_740_993 - 9_007_199_254_740_992, 2), 0.5);
+        let two54 = 1i128 << 54;
+        // Floats near 2^54 are 4 apart: ties go to the even neighbour, a remainder breaks them.
+        assert_eq!(exact_ratio(two54 + 1, 1), 2f64.powi(54));
+        assert_eq!(exact_ratio(two54 + 2, 1), 2f64.powi(54));
+        assert_eq!(exact_ratio(two54 + 6, 1), 2f64.powi(54) + 8.0);
+        assert_eq!(exact_ratio((two54 + 2) * 3 + 1, 3), 2f64.powi(54) + 4.0);
+        assert_eq!(exact_ratio(-(two54 + 6) * 7, 7), -(2f64.powi(54) + 8.0));
+        assert_eq!(exact_ratio(i128::from(i64::MAX) * i128::from(i64::MAX), i64::MAX as u128), i64::MAX as f64);
+        assert_eq!(exact_ratio(1, 3), 1.0 / 3.0);
+        assert_eq!(exact_ratio(-2, 3), -2.0 / 3.0);
+        assert_eq!(exact_ratio(1, i64::MAX as u128), 1.0 / i64::MAX as f64);
+        // Below 2^53 both operands are exact floats and IEEE division rounds once: the reference.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let s = (x >> 11) as i128 - (1 << 52);
+            let c = ((x >> 3) % (1 << 40)) as u128 + 1;
+            assert_eq!(exact_ratio(s, c), s as f64 / c as f64, "{s} / {c}");
+        }
     }
 }

@@ -131,6 +131,12 @@ impl ClickHouse {
         let _ = self.child.wait();
     }
 
+    /// Kills the server (SIGKILL, as a crash would); its data stays for [`ClickHouse::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the server again on the same data and ports.
     pub fn restart(&mut self) {
         self.child = Self::spawn(&self._dir.path().display().to_string());
@@ -232,6 +238,13 @@ impl Redis {
         let _ = self.child.wait();
     }
 
+    /// Kills the server (SIGKILL, as a crash would); with the append-only file synced on every
+    /// write its data stays for [`Redis::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts the server again on the same data and port.
     pub fn restart(&mut self) {
         self.child = Self::spawn(self.dir.path(), self.port, self.persistent);
@@ -280,6 +293,52 @@ pub fn run_with_kills(dir: &Path, delays_ms: &[u64]) -> (usize, String) {
         assert!(started.elapsed() < Duration::from_secs(120), "recovery did not finish");
     }
     panic!("the job was still running after the last delay");
+}
+
+/// The outage of issue 17: runs `tenantflow run job.toml --workers 2` in `dir` (a job with
+/// checkpoints), kills the sink's service with `kill_service` mid-run, SIGKILLs tenantflow
+/// during the outage and restarts it at once with `--restore latest` while the service is
+/// still down; checks that the restored job waits (it must not finish or run on without the
+/// sink), then brings the service back with `start_service` and waits for the job to finish.
+/// Returns the restored run's stderr (`TENANTFLOW_LOG=warn`); panics if it fails.
+pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_service: impl FnOnce()) -> String {
+    use std::time::{Duration, Instant};
+    let spawn = |restore: bool| {
+        let mut cmd = std::process::Command::new(tenantflow_bin());
+        cmd.args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir).env("TENANTFLOW_LOG", "warn");
+        if restore {
+            cmd.args(["--restore", "latest"]);
+        }
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().expect("spawn tenantflow")
+    };
+    let mut first = spawn(false);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(first.try_wait().expect("try_wait").is_none(), "the job finished before the outage");
+    kill_service();
+    std::thread::sleep(Duration::from_millis(500));
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    assert!(dir.join("checkpoints").exists(), "no checkpoint was taken before the kill");
+
+    let mut restored = spawn(true);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(restored.try_wait().expect("try_wait").is_none(), "the restored job ended while its sink's service was down");
+    start_service();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = restored.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the job did not finish after the service came back");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = restored.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert!(status.success(), "the restored run failed: {err}");
+    assert!(err.contains("waiting for the sink's service"), "the restored run did not say it waits for the sink: {err}");
+    err
 }
 
 /// A received webhook call: headers (names lowercased) and JSON body.
