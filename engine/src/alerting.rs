@@ -30,6 +30,9 @@ pub fn set_silences(silences: Silences) {
 
 struct Rule {
     name: String,
+    /// The rule's identity in checkpoints: its name and condition text (names may repeat, with
+    /// other labels; positions change when rules are added or removed).
+    id: (String, String),
     condition: CompiledExpr,
     labels: Vec<(String, String)>,
     annotations: Vec<(String, BoundTemplate)>,
@@ -49,9 +52,9 @@ struct Series {
     pushed_at: i64,
 }
 
-/// What rules remember, for checkpoints: per series, its previous row and which rules fire
-/// (bit i: rule i).
-pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, u64)>;
+/// What rules remember, for checkpoints: per series, its previous row and the rules that fire,
+/// by (name, condition).
+pub type RulesSnapshot = Vec<(Vec<Value>, Vec<Value>, Vec<(String, String)>)>;
 
 pub struct AlertRules {
     rules: Vec<Rule>,
@@ -108,7 +111,7 @@ impl AlertRules {
             if !labels.iter().any(|(k, _)| k == "severity") {
                 labels.push(("severity".into(), "warning".into()));
             }
-            rules.push(Rule { name: r.name.clone(), condition, labels, annotations });
+            rules.push(Rule { name: r.name.clone(), id: (r.name.clone(), r.condition.value.clone()), condition, labels, annotations });
         }
         if rules.len() > tenantflow_core::plan::MAX_ALERT_RULES {
             return Err(format!("a job has at most {} alert rules", tenantflow_core::plan::MAX_ALERT_RULES));
@@ -120,7 +123,11 @@ impl AlertRules {
             .map(|s| {
                 s.iter()
                     .filter(|(_, prev, _)| prev.len() == width)
-                    .map(|(k, prev, firing)| (k.clone(), Series { prev: prev.clone(), firing: *firing, pushed_at: 0 }))
+                    .map(|(k, prev, firing)| {
+                        let firing =
+                            rules.iter().enumerate().filter(|(_, r)| firing.contains(&r.id)).fold(0u64, |bits, (i, _)| bits | 1 << i);
+                        (k.clone(), Series { prev: prev.clone(), firing, pushed_at: 0 })
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -228,7 +235,13 @@ impl AlertRules {
     }
 
     pub fn snapshot(&self) -> RulesSnapshot {
-        self.series.iter().map(|(k, s)| (k.clone(), s.prev.clone(), s.firing)).collect()
+        self.series
+            .iter()
+            .map(|(k, s)| {
+                let firing = self.rules.iter().enumerate().filter(|(i, _)| s.firing & (1 << i) != 0).map(|(_, r)| r.id.clone()).collect();
+                (k.clone(), s.prev.clone(), firing)
+            })
+            .collect()
     }
 
     pub fn stats(&self) -> tenantflow_alerts::Stats {

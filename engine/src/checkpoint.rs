@@ -95,7 +95,7 @@ pub struct Manifest {
     /// by id in the sink part).
     #[serde(default)]
     pub sinks: Vec<String>,
-    /// The model versions each score step (by its key in the job file) uses after this
+    /// The model versions each score step (by its output prefix, `as`) uses after this
     /// checkpoint: a restore scores with them, so replayed rows get the same predictions.
     #[serde(default)]
     pub models: std::collections::BTreeMap<String, crate::scoring::Versions>,

@@ -1111,7 +1111,7 @@ impl SinkState {
                 .shared
                 .models
                 .iter()
-                .map(|m| (m.key().to_string(), m.take_decision(epoch).unwrap_or_else(|| m.current())))
+                .map(|m| (m.state_id().to_string(), m.take_decision(epoch).unwrap_or_else(|| m.current())))
                 .collect(),
         };
         self.to_commit.push_back(manifest);

@@ -261,6 +261,12 @@ impl ScoreModel {
         self.plan.origin.key.trim_end_matches(".score")
     }
 
+    /// What checkpoints record the step's versions under: its output prefix (`as`), unique
+    /// among the output fields and, unlike its position, unchanged when steps are added.
+    pub fn state_id(&self) -> &str {
+        &self.plan.spec.prefix
+    }
+
     fn runtime(&self) -> Runtime {
         match self.plan.spec.runtime {
             ScoreRuntime::Auto => Runtime::Auto,
@@ -460,7 +466,7 @@ pub fn resolve(plan: &Plan, cfg: &ModelConfig, restored: &BTreeMap<String, Versi
             drift: Mutex::new(Drift::default()),
             drift_max: AtomicU64::new(f64::NAN.to_bits()),
         };
-        let versions = match restored.get(model.key()) {
+        let versions = match restored.get(model.state_id()) {
             Some(v) => Ok(*v),
             None => model.registry_versions(),
         };

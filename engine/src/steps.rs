@@ -169,21 +169,25 @@ impl Steps {
     }
 
     /// The anomaly steps' baselines, for a checkpoint.
-    pub fn snapshot(&self) -> Vec<AnomalySnapshot> {
+    /// The anomaly steps' baselines, by each step's output prefix (unique among the output
+    /// fields, and unlike its position unchanged when other steps are added or removed).
+    pub fn snapshot(&self) -> Vec<(String, AnomalySnapshot)> {
         self.execs
             .iter()
             .filter_map(|e| match e {
-                Exec::Anomaly(a) => Some(a.detector.snapshot()),
+                Exec::Anomaly(a) => Some((a.plan.spec.prefix.clone(), a.detector.snapshot())),
                 _ => None,
             })
             .collect()
     }
 
-    pub fn restore(&mut self, snapshots: Vec<AnomalySnapshot>) -> Result<(), String> {
-        let mut snapshots = snapshots.into_iter();
+    /// Restores each anomaly step's baselines by its prefix; a step new since the checkpoint
+    /// starts with none.
+    pub fn restore(&mut self, mut snapshots: Vec<(String, AnomalySnapshot)>) -> Result<(), String> {
         for e in &mut self.execs {
             if let Exec::Anomaly(a) = e {
-                a.detector.restore(snapshots.next().unwrap_or_default())?;
+                let found = snapshots.iter().position(|(prefix, _)| *prefix == a.plan.spec.prefix);
+                a.detector.restore(found.map(|i| snapshots.swap_remove(i).1).unwrap_or_default())?;
             }
         }
         Ok(())

@@ -172,7 +172,7 @@ fn a_promoted_version_takes_over_at_a_checkpoint_and_a_savepoint_restores_with_i
         newest.sort();
         newest.iter().rev().find_map(|p| std::fs::read(p.join("MANIFEST.json")).ok()).is_some_and(|m| {
             let m: Value = serde_json::from_slice(&m).expect("manifest");
-            m["models"]["steps[0]"]["live"].as_u64() == Some(live)
+            m["models"]["churn"]["live"].as_u64() == Some(live)
         })
     };
     wait_for(Duration::from_secs(30), "a checkpoint recording version 2", || recorded(2));
