@@ -131,7 +131,7 @@ impl TypedSeed<'_> {
                 time::parse_timestamp(&s).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("string {s:?} (not RFC 3339)")))
             }
             Some(b'-' | b'0'..=b'9') => {
-                time::micros_from_epoch_ms(text).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("out-of-range number {text}")))
+                time::micros_from_epoch_ms(text).map(Value::Ts).ok_or_else(|| self.wrong(format_args!("number {text} (out of range)")))
             }
             Some(b'n') => Ok(Value::Null),
             Some(b't' | b'f') => Err(self.wrong(format_args!("boolean {text}"))),
@@ -259,7 +259,7 @@ mod tests {
             (r#""2026-02-30T00:00:00Z""#, "string \"2026-02-30T00:00:00Z\" (not RFC 3339)"),
             (r#""2025-02-29""#, "not RFC 3339"),
             (r#""2026-02-27T23:59:60Z""#, "not RFC 3339"),
-            ("1e400", "out-of-range number 1e400"),
+            ("1e400", "number 1e400 (out of range)"),
             ("true", "boolean true"),
             ("[1]", "an array"),
             (r#"{"a":1}"#, "an object"),

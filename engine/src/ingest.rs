@@ -293,7 +293,9 @@ impl Ingest {
             let mut admitted = std::mem::take(&mut self.admitted);
             let mut chosen: Vec<&mut [Value]> = Vec::with_capacity(rows);
             for (i, row) in values.chunks_exact_mut(width).enumerate() {
-                self.undecodable(Some(i));
+                if !self.batch.dead.is_empty() {
+                    self.undecodable(Some(i));
+                }
                 if let Some((ts, wm)) = self.admit(i, row, now) {
                     admitted.push((ts, wm));
                     chosen.push(row);
@@ -313,7 +315,9 @@ impl Ingest {
             self.keep = keep;
         } else {
             for (i, row) in values.chunks_exact_mut(width).enumerate() {
-                self.undecodable(Some(i));
+                if !self.batch.dead.is_empty() {
+                    self.undecodable(Some(i));
+                }
                 let Some((ts, wm)) = self.admit(i, row, now) else { continue };
                 if !self.steps.apply(row) {
                     self.tenants.get(&row[tenant_pos]).events_in += 1;

@@ -300,14 +300,18 @@ pub fn run_with_kills(dir: &Path, delays_ms: &[u64]) -> (usize, String) {
 /// during the outage and restarts it at once with `--restore latest` while the service is
 /// still down; checks that the restored job waits (it must not finish or run on without the
 /// sink), then brings the service back with `start_service` and waits for the job to finish.
-/// Returns the restored run's stderr (`TENANTFLOW_LOG=warn`); panics if it fails.
+/// Returns the restored run's stderr (`TENANTFLOW_LOG=warn`, progress lines); panics if it
+/// fails.
 pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_service: impl FnOnce()) -> String {
     use std::time::{Duration, Instant};
     let spawn = |restore: bool| {
         let mut cmd = std::process::Command::new(tenantflow_bin());
-        cmd.args(["run", "job.toml", "--workers", "2", "--quiet"]).current_dir(dir).env("TENANTFLOW_LOG", "warn");
+        cmd.args(["run", "job.toml", "--workers", "2"]).current_dir(dir).env("TENANTFLOW_LOG", "warn");
+        // The restored run prints progress lines: they must name the sink it waits for.
         if restore {
             cmd.args(["--restore", "latest"]);
+        } else {
+            cmd.arg("--quiet");
         }
         cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn().expect("spawn tenantflow")
     };
@@ -338,6 +342,10 @@ pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_serv
     }
     assert!(status.success(), "the restored run failed: {err}");
     assert!(err.contains("waiting for the sink's service"), "the restored run did not say it waits for the sink: {err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("[progress]") && l.contains("waiting: sink `")),
+        "no progress line names the sink the job waits for: {err}"
+    );
     err
 }
 
