@@ -322,16 +322,17 @@ pub struct AudioSpec {
     /// The string field with the clip.
     pub field: Located<String>,
     pub format: AudioFormat,
-    /// Samples per second of raw PCM (WAV files carry their own).
+    /// Samples per second of raw PCM (files carry their own).
     pub sample_rate: u32,
     pub prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudioFormat {
-    /// A path to a 16-bit PCM WAV file.
+    /// A path to an audio file: WAV, FLAC, Ogg Vorbis or MP3, told apart by its bytes
+    /// (`wav_path`, a name from when only WAV was read).
     WavPath,
-    /// A 16-bit PCM WAV file, base64.
+    /// An audio file as `WavPath` reads it, base64 (`wav_base64`).
     WavBase64,
     /// Raw 16-bit little-endian mono PCM, base64.
     Pcm16Base64,

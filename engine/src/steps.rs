@@ -64,19 +64,20 @@ impl Audio {
     fn run(&mut self, rows: &mut [&mut [Value]], keep: &[bool]) {
         let p = &self.plan;
         let clip = match p.spec.format {
-            AudioFormat::WavPath => Clip::WavPath,
-            AudioFormat::WavBase64 => Clip::WavBase64,
+            AudioFormat::WavPath => Clip::Path,
+            AudioFormat::WavBase64 => Clip::Base64,
             AudioFormat::Pcm16Base64 => Clip::Pcm16Base64(p.spec.sample_rate),
         };
         for (row, _) in rows.iter_mut().zip(keep).filter(|(_, k)| **k) {
             let out = p.first_out;
             let decoded = match row[p.field_pos].as_str() {
-                Some(text) => decode_clip(clip, text),
+                Some(text) => decode_clip(clip, text).map_err(|e| e.to_string()),
                 None => Err("no clip (the field is NULL)".to_string()),
             };
+            // A clip without samples is an error (`decode_clip`), as it is to librosa: never
+            // the features of silence.
             let (sr, samples) = match decoded {
-                Ok(d) if !d.1.is_empty() => d,
-                Ok(_) => (0, Vec::new()),
+                Ok(d) => d,
                 Err(e) => {
                     // The row goes on with NULL features and the reason, never silently.
                     row[out..out + 2 + 4 + AUDIO_MFCC + AUDIO_CHROMA].iter_mut().for_each(|v| *v = Value::Null);

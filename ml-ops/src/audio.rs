@@ -6,8 +6,13 @@
 //! spectral centroid and 85% rolloff (on magnitude),
 //! zero-crossing rate (edge-padded frames) and RMS (zero-padded frames).
 //!
+//! Clips are read as `librosa.load(path, sr=None)` reads them ([`read_audio`]): WAV of every PCM
+//! sample format, FLAC, Ogg Vorbis and MP3 (decoded by `symphonia`), at their own sample rate,
+//! channels averaged into one.
+//!
 //! `ml-ops/tests/audio.rs` compares every feature with librosa's own output on synthetic signals
-//! and a real music clip (`scripts/ml/audio_reference.py` made the references).
+//! and a real music clip, and every format's samples with what `librosa.load` returns
+//! (`scripts/ml/audio_reference.py` made the references).
 
 use std::sync::Arc;
 
@@ -392,41 +397,192 @@ fn chroma_filters(sr: f64, n_fft: usize, tuning: f64) -> Vec<f64> {
     out
 }
 
-/// Reads a 16-bit PCM WAV file (mono, or the first channel) as samples in [-1, 1).
-pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<f32>), String> {
-    let mut reader = hound::WavReader::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a WAV file: {e}"))?;
-    let spec = reader.spec();
-    if spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
-        return Err(format!("{}-bit {:?} WAV: expected 16-bit PCM", spec.bits_per_sample, spec.sample_format));
+/// Why a clip could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AudioError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("not base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    #[error("{0} bytes of 16-bit PCM: an odd count")]
+    OddPcm(usize),
+    #[error("not a WAV, FLAC, Ogg Vorbis or MP3 file (it starts with {0})")]
+    UnknownFormat(String),
+    #[error("{container} file: {message}")]
+    Decode { container: Container, message: String },
+    #[error("{0} file without an audio track")]
+    NoTrack(Container),
+    #[error("{0} file without a sample rate")]
+    NoSampleRate(Container),
+    #[error("{0} file whose sample rate changes from {1} Hz to {2} Hz")]
+    RateChanges(Container, u32, u32),
+    /// librosa refuses an empty signal too (its zero-crossing rate cannot pad it).
+    #[error("the clip has no samples")]
+    Empty,
+}
+
+/// The containers an audio step reads, told apart by their first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    Wav,
+    Flac,
+    Ogg,
+    Mp3,
+}
+
+impl std::fmt::Display for Container {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Container::Wav => "WAV",
+            Container::Flac => "FLAC",
+            Container::Ogg => "Ogg",
+            Container::Mp3 => "MP3",
+        })
     }
-    let channels = spec.channels.max(1) as usize;
-    let samples: Result<Vec<i16>, _> = reader.samples::<i16>().collect();
-    let samples = samples.map_err(|e| format!("bad WAV data: {e}"))?;
-    Ok((spec.sample_rate, samples.iter().step_by(channels).map(|s| *s as f32 / 32768.0).collect()))
+}
+
+/// The length of the ID3v2 tags an MP3 file may start with (header, syncsafe size, footer).
+fn id3v2_len(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(h) = bytes.get(at..at + 10).filter(|h| h.starts_with(b"ID3")) {
+        let size = h[6..10].iter().fold(0usize, |n, b| (n << 7) | (*b & 0x7f) as usize);
+        at += 10 + size + if h[5] & 0x10 != 0 { 10 } else { 0 };
+    }
+    at.min(bytes.len())
+}
+
+/// The container of a file, from its first bytes (never its name: base64 uploads have none).
+pub fn sniff(bytes: &[u8]) -> Option<Container> {
+    // An MPEG audio frame header: 11 sync bits and a layer other than the reserved 00 (which
+    // AAC's ADTS headers use).
+    let mpeg_sync = |b: &[u8]| b.len() >= 2 && b[0] == 0xff && b[1] & 0xe0 == 0xe0 && b[1] & 0x06 != 0;
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE" {
+        Some(Container::Wav)
+    } else if bytes.starts_with(b"fLaC") {
+        Some(Container::Flac)
+    } else if bytes.starts_with(b"OggS") {
+        Some(Container::Ogg)
+    } else if bytes.starts_with(b"ID3") || mpeg_sync(bytes) {
+        Some(Container::Mp3)
+    } else {
+        None
+    }
+}
+
+/// Reads a WAV (8-bit unsigned, 16-, 24- and 32-bit integer, 32- and 64-bit float PCM, plain or
+/// WAVE_FORMAT_EXTENSIBLE), FLAC, Ogg Vorbis or MP3 file as `librosa.load(path, sr=None)`
+/// returns it: at its own sample rate, as float32 in [-1, 1) (integer PCM divided by
+/// 2^(bits - 1), 8-bit PCM less 128 first, as libsndfile does), and with several channels
+/// averaged into one (`librosa.to_mono`: their float32 sum in channel order, divided by their
+/// count). MP3 encoder delay and padding are dropped when the file says how long they are (a
+/// LAME tag), as libsndfile's mpg123 does. Decoding is symphonia's.
+pub fn read_audio(bytes: Vec<u8>) -> Result<(u32, Vec<f32>), AudioError> {
+    use symphonia::core::codecs::audio::AudioDecoderOptions;
+    use symphonia::core::codecs::CodecParameters;
+    use symphonia::core::errors::Error as SymphoniaError;
+    use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+    use symphonia::core::io::MediaSourceStream;
+    use symphonia::default::formats::{FlacReader, MpaReader, OggReader, WavReader};
+
+    let container = sniff(&bytes).ok_or_else(|| {
+        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        AudioError::UnknownFormat(if head.is_empty() { "nothing: it is empty".into() } else { format!("bytes {}", head.join(" ")) })
+    })?;
+    let failed = |e: SymphoniaError| AudioError::Decode { container, message: e.to_string() };
+    let bytes = match container {
+        Container::Mp3 => bytes[id3v2_len(&bytes)..].to_vec(),
+        _ => bytes,
+    };
+    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
+    let opts = FormatOptions::default();
+    let mut reader: Box<dyn FormatReader> = match container {
+        Container::Wav => Box::new(WavReader::try_new(mss, opts).map_err(failed)?),
+        Container::Flac => Box::new(FlacReader::try_new(mss, opts).map_err(failed)?),
+        Container::Ogg => Box::new(OggReader::try_new(mss, opts).map_err(failed)?),
+        Container::Mp3 => Box::new(MpaReader::try_new(mss, opts).map_err(failed)?),
+    };
+    let track = reader.default_track(TrackType::Audio).ok_or(AudioError::NoTrack(container))?;
+    let (id, params) = match &track.codec_params {
+        Some(CodecParameters::Audio(params)) => (track.id, params.clone()),
+        _ => return Err(AudioError::NoTrack(container)),
+    };
+    // Gapless (the default): the decoder drops the delay and padding the container states.
+    let mut decoder = symphonia::default::get_codecs().make_audio_decoder(&params, &AudioDecoderOptions::default()).map_err(failed)?;
+    let mut rate = params.sample_rate.filter(|r| *r > 0);
+    let (mut mono, mut interleaved) = (Vec::new(), Vec::new());
+    loop {
+        let packet = match reader.next_packet() {
+            Ok(Some(packet)) => packet,
+            Ok(None) => break,
+            // A file cut short: what came before the cut, as libsndfile reads it.
+            Err(SymphoniaError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(failed(e)),
+        };
+        if packet.track_id != id {
+            continue;
+        }
+        let decoded = decoder.decode(&packet).map_err(failed)?;
+        match (rate, decoded.spec().rate()) {
+            (_, 0) => {}
+            (None, r) => rate = Some(r),
+            (Some(a), b) if a != b => return Err(AudioError::RateChanges(container, a, b)),
+            _ => {}
+        }
+        let channels = decoded.spec().channels().count().max(1);
+        decoded.copy_to_vec_interleaved::<f32>(&mut interleaved);
+        mix_down(&interleaved, channels, &mut mono);
+    }
+    let rate = rate.ok_or(AudioError::NoSampleRate(container))?;
+    if mono.is_empty() {
+        return Err(AudioError::Empty);
+    }
+    Ok((rate, mono))
+}
+
+/// Appends the frames of `interleaved` (`channels` samples each) to `mono`, averaged as
+/// `librosa.to_mono` (numpy's float32 mean over the channels) does: the sum in float32 in channel
+/// order, then divided by the channel count in float32. One channel is kept as it is.
+pub fn mix_down(interleaved: &[f32], channels: usize, mono: &mut Vec<f32>) {
+    if channels <= 1 {
+        mono.extend_from_slice(interleaved);
+        return;
+    }
+    let n = channels as f32;
+    mono.extend(interleaved.chunks_exact(channels).map(|frame| frame.iter().fold(0.0f32, |sum, s| sum + s) / n));
+}
+
+/// Reads a clip file of any format [`read_audio`] reads (the name is from when only 16-bit WAV
+/// was read).
+pub fn read_wav(bytes: &[u8]) -> Result<(u32, Vec<f32>), AudioError> {
+    read_audio(bytes.to_vec())
 }
 
 /// How a row carries its clip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Clip {
-    /// A path to a 16-bit PCM WAV file.
-    WavPath,
-    /// A 16-bit PCM WAV file, base64.
-    WavBase64,
+    /// A path to an audio file (WAV, FLAC, Ogg Vorbis or MP3, told apart by its bytes).
+    Path,
+    /// An audio file, base64.
+    Base64,
     /// Raw 16-bit little-endian mono PCM at the given rate, base64.
     Pcm16Base64(u32),
 }
 
-/// A clip's sample rate and samples in [-1, 1), or what is wrong with it.
-pub fn decode_clip(clip: Clip, text: &str) -> Result<(u32, Vec<f32>), String> {
+/// A clip's sample rate and samples in [-1, 1) (channels averaged), or what is wrong with it;
+/// a clip without samples is an error, as it is to librosa.
+pub fn decode_clip(clip: Clip, text: &str) -> Result<(u32, Vec<f32>), AudioError> {
     use base64::Engine as _;
-    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.decode(t.trim()).map_err(|e| format!("not base64: {e}"));
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.decode(t.trim());
     match clip {
-        Clip::WavPath => read_wav(&std::fs::read(text).map_err(|e| format!("cannot read {text}: {e}"))?),
-        Clip::WavBase64 => read_wav(&b64(text)?),
+        Clip::Path => read_audio(std::fs::read(text).map_err(|source| AudioError::Io { path: text.to_string(), source })?),
+        Clip::Base64 => read_audio(b64(text)?),
         Clip::Pcm16Base64(rate) => {
             let bytes = b64(text)?;
             if bytes.len() % 2 != 0 {
-                return Err(format!("{} bytes of 16-bit PCM: an odd count", bytes.len()));
+                return Err(AudioError::OddPcm(bytes.len()));
+            }
+            if bytes.is_empty() {
+                return Err(AudioError::Empty);
             }
             Ok((rate, bytes.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]]) as f32 / 32768.0).collect()))
         }

@@ -11,8 +11,10 @@
 //!   all phases), since a handful of seasons says little about the spread of one phase.
 //!
 //! A series scores nothing (NULL) until it has `warmup` values (seasonal: `warmup` earlier
-//! seasons at that phase, and 20 residuals). A zero spread (a flat series) counts as a spread of 1e-6 of the
-//! baseline's size, so a change after a flat stretch scores high rather than dividing by zero.
+//! seasons at that phase, and 20 residuals). Every score divides by
+//! `max(spread, 1e-6 * max(|baseline|, 1))` (the spread: EWMA's standard deviation,
+//! `1.4826 * MAD`, or the seasonal residuals' standard deviation), so a flat series (spread 0),
+//! even one flat at 0, scores a change high rather than dividing by zero.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -72,6 +74,8 @@ pub type Snapshot = Vec<(Vec<Value>, Vec<u8>)>;
 const RESIDUAL_ALPHA: f64 = 0.05;
 const MIN_RESIDUALS: u64 = 20;
 
+/// The least spread a score divides by: 1e-6 of the baseline's magnitude, and never less than
+/// 1e-6 (a baseline of 0 would give 0).
 fn spread_floor(baseline: f64) -> f64 {
     1e-6 * baseline.abs().max(1.0)
 }
@@ -235,6 +239,24 @@ mod tests {
         }
         assert_eq!(flat.observe(&k, 3, 4.0).expect("scored").score, 0.0);
         assert!(flat.observe(&k, 4, 5.0).expect("scored").score > 1e5);
+    }
+
+    /// The spread a score divides by is `max(spread, 1e-6 * max(|baseline|, 1))` (issue 17,
+    /// item 11): a flat 0.5 then 0.6 scores 0.1 / 1e-6 = 1e5 (not 0.1 / (1e-6 * 0.5)), and a flat
+    /// 0 then 3 scores 3e6 instead of dividing by zero.
+    #[test]
+    fn flat_series_divide_by_the_spread_floor() {
+        for method in [Method::Ewma { alpha: 0.1 }, Method::Mad { window: 50 }] {
+            for (flat, n, next, expected) in [(0.5, 20, 0.6, 1e5), (0.0, 30, 3.0, 3e6), (1e7, 20, 1e7 + 50.0, 5.0)] {
+                let mut d = Detector::new(method, 10);
+                let k = key("a");
+                for i in 0..n {
+                    d.observe(&k, i, flat);
+                }
+                let s = d.observe(&k, n, next).expect("scored");
+                assert!((s.score - expected).abs() <= 1e-6 * expected, "{method:?} {flat} then {next}: {s:?}");
+            }
+        }
     }
 
     #[test]

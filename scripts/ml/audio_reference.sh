@@ -10,5 +10,5 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && { apt-get download asterisk-moh-opsound-wav >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get download asterisk-moh-opsound-wav >/dev/null; }; })
 dpkg -x "$tmp"/asterisk-moh-opsound-wav_*.deb "$tmp/x"
-rm -f ml-ops/tests/audio/*
+rm -rf ml-ops/tests/audio/*
 "$venv/bin/python" scripts/ml/audio_reference.py ml-ops/tests/audio "$tmp/x/usr/share/asterisk/moh/manolo_camp-morning_coffee.wav"

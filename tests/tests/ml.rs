@@ -696,6 +696,83 @@ fn audio_steps_summarise_clips_like_librosa_and_report_bad_ones() {
     assert_eq!((rows.len(), checked), (6, 4), "{rows:?}");
 }
 
+/// Issue 17, item 10: an audio step reads every format `librosa.load` reads through soundfile
+/// (`ml-ops/tests/audio/formats`: WAV of every PCM width, FLAC, Ogg Vorbis, MP3; stereo and
+/// three-channel clips averaged as librosa does), by path and base64, told apart by their
+/// bytes, and gives librosa's frame means; an empty clip is an error row, not silence.
+#[test]
+fn audio_steps_read_every_format_like_librosa_load_and_refuse_empty_clips() {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let formats = repo().join("ml-ops/tests/audio/formats");
+    let mut references = BTreeMap::new();
+    let (mut paths, mut uploads) = (String::new(), String::new());
+    for entry in std::fs::read_dir(&formats).expect("formats").flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            continue;
+        }
+        let reference: Value = serde_json::from_slice(&std::fs::read(&path).expect("json")).expect("JSON");
+        let file = reference["file"].as_str().expect("file").to_string();
+        let clip = formats.join(&file);
+        paths += &format!("{{\"tenant_id\": \"a\", \"name\": \"{file}\", \"clip\": \"{}\"}}\n", clip.display());
+        let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&clip).expect("clip"));
+        uploads += &format!("{{\"tenant_id\": \"a\", \"name\": \"{file}\", \"clip\": \"{b64}\"}}\n");
+        references.insert(file, reference);
+    }
+    assert_eq!(references.len(), 9, "every format");
+    paths += &format!("{{\"tenant_id\": \"a\", \"name\": \"empty\", \"clip\": \"{}\"}}\n", formats.join("empty.wav").display());
+    uploads += "{\"tenant_id\": \"a\", \"name\": \"text\", \"clip\": \"aGVsbG8gd29ybGQ=\"}\n";
+    std::fs::write(d.join("paths.jsonl"), paths).expect("input");
+    std::fs::write(d.join("uploads.jsonl"), uploads).expect("input");
+    std::fs::write(d.join("pcm.jsonl"), "{\"tenant_id\": \"a\", \"name\": \"empty-pcm\", \"clip\": \"\"}\n").expect("input");
+    let job = |input: &str, format: &str| {
+        format!(
+            "name = \"clips\"\n[source]\ntype = \"file\"\npath = \"{}\"\n[schema]\ntenant = \"tenant_id\"\n[schema.fields]\ntenant_id = \"string\"\nname = \"string\"\nclip = \"string\"\n[[steps]]\naudio = \"clip\"\nformat = \"{format}\"\n[[sinks]]\ntype = \"file\"\npath = \"out.jsonl\"\n",
+            d.join(input).display()
+        )
+    };
+    let (mut rows, _) = run_window(d, "paths", &job("paths.jsonl", "wav_path"), &[]);
+    let (uploaded, _) = run_window(d, "uploads", &job("uploads.jsonl", "wav_base64"), &[]);
+    let (pcm, _) = run_window(d, "pcm", &job("pcm.jsonl", "pcm16_base64"), &[]);
+    assert_eq!((rows.len(), uploaded.len(), pcm.len()), (10, 10, 1), "{rows:?}");
+    rows.extend(uploaded);
+    rows.extend(pcm);
+    let mut checked = 0;
+    for r in &rows {
+        let name = r["name"].as_str().unwrap_or("");
+        let Some(reference) = references.get(name) else {
+            let expected = match name {
+                "empty" | "empty-pcm" => "the clip has no samples",
+                _ => "not a WAV, FLAC, Ogg Vorbis or MP3 file (it starts with bytes 68 65 6c 6c 6f 20 77 6f)",
+            };
+            assert_eq!(r["audio_error"].as_str(), Some(expected), "{r}");
+            assert!(r["audio_seconds"].is_null() && r["audio_rms"].is_null() && r["audio_mfcc_0"].is_null(), "{r}");
+            continue;
+        };
+        assert!(r["audio_error"].is_null(), "{r}");
+        let seconds = reference["samples"].as_f64().expect("samples") / reference["sample_rate"].as_f64().expect("rate");
+        assert_eq!(r["audio_seconds"].as_f64(), Some(seconds), "{name}");
+        for (feature, field) in
+            [("mfcc", "mfcc_"), ("chroma", "chroma_"), ("centroid", "centroid"), ("rolloff", "rolloff"), ("zcr", "zcr"), ("rms", "rms")]
+        {
+            let expected: Vec<f64> = match &reference[feature] {
+                Value::Array(v) => v.iter().filter_map(|x| x.as_f64()).collect(),
+                v => v.as_f64().into_iter().collect(),
+            };
+            let scale = expected.iter().fold(1e-9f64, |m, v| m.max(v.abs()));
+            for (i, e) in expected.iter().enumerate() {
+                let key = if field.ends_with('_') { format!("audio_{field}{i}") } else { format!("audio_{field}") };
+                let got = r[&key].as_f64().unwrap_or(f64::NAN);
+                assert!((got - e).abs() <= 1e-4 * scale, "{name} {key}: {got} vs librosa {e}");
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 18, "every format by path and base64");
+}
+
 #[test]
 fn the_genre_example_classifies_uploads_from_kafka_into_clickhouse_and_alerts_on_bad_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
