@@ -644,7 +644,10 @@ impl Nfa {
             Contiguity::Relaxed => !hit,
             Contiguity::Any => true,
         };
-        let ignore = !until && if c == 0 { i > 0 && skips(outer) } else { c < max && skips(inner) };
+        // Before the loop's first event `until` only keeps the event from being taken; Flink
+        // applies it to the take edge and to the edges inside the loop, not to the first
+        // state's ignore edge.
+        let ignore = if c == 0 { i > 0 && skips(outer) } else { !until && c < max && skips(inner) };
         if ignore {
             out.push(Branch::Ignore(i, c));
         }

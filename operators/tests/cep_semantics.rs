@@ -240,6 +240,20 @@ fn until_stops_a_loop() {
     assert_eq!(sorted(got), set(&["a1", "a1 a2", "a2", "a3"]));
 }
 
+#[test]
+fn until_before_the_loop_starts_only_keeps_the_event_out() {
+    // Flink extends a loop's take edge and its inner edges with `until`, not the ignore edge
+    // before its first event: under `->`, an event matching `until` before the first b is
+    // skipped like any other (found by scripts/flink/cep_differential.py's cep_until case).
+    let d = define(&[("a", "a"), ("b", "b"), ("c", "c")]);
+    let extra = format!("{d}\nuntil = {{ b = \"{}\" }}\n{NO_SKIP}", is("u"));
+    assert_eq!(run("a -> b+? -> c", &extra, "a u b c"), ["a b c"]);
+    // Once the loop has started, the `until` event ends it: no b after it, but the next step
+    // may still come.
+    assert_eq!(run("a -> b+? -> c", &extra, "a b u c"), ["a b c"]);
+    assert_eq!(run("a -> b+? -> c", &extra, "a b u b2 c"), ["a b c"]);
+}
+
 // --- Negation ---
 
 #[test]
