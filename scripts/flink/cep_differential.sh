@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Opt-in differential test of the `pattern` step against Flink SQL's MATCH_RECOGNIZE
-# (docs/cep.md, "Checked against Flink"). Needs Java 17+ and a ~850 MB Python venv with
+# Opt-in differential test of the `pattern` step against Flink: SQL's MATCH_RECOGNIZE through
+# PyFlink, and Flink CEP's Java API for what SQL cannot express (docs/cep.md, "Checked against
+# Flink"). Needs a JDK 17+ (javac compiles CepDifferential.java) and a ~850 MB Python venv with
 # apache-flink (created on first use, outside the repository).
 #
-#   scripts/flink/cep_differential.sh [--events N] [--seed S] [--only CASE,...]
+#   scripts/flink/cep_differential.sh [--events N] [--seed S] [--only CASE,...] [--no-sql] [--no-cep]
 #
 # FLINK_VENV (default /var/tmp/tenantflow-flink-venv): the venv; WORK (default
 # /var/tmp/tenantflow-cep-differential): events, jobs, Flink's queries and both outputs;
@@ -15,8 +16,8 @@ venv=${FLINK_VENV:-/var/tmp/tenantflow-flink-venv}
 work=${WORK:-/var/tmp/tenantflow-cep-differential}
 mkdir -p "$work"
 
-if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then
-    echo "Flink needs Java 17 or newer (Debian: apt-get install -y openjdk-17-jre-headless)" >&2
+if ! java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])' || ! command -v javac >/dev/null; then
+    echo "needs a JDK 17 or newer with javac (Debian: apt-get install -y openjdk-17-jdk-headless)" >&2
     exit 2
 fi
 
