@@ -49,8 +49,10 @@ pub struct PatternStep {
     pub negated: bool,
     pub min: u32,
     pub max: u32,
-    /// Takes as many events as it can before the next step may start (the default for
-    /// quantifiers, as in MATCH_RECOGNIZE); reluctant (`+?`) also tries every shorter run.
+    /// A loop (a range of counts above one) that takes as many events as it can, as in
+    /// MATCH_RECOGNIZE: the next step never takes or skips an event this step's condition
+    /// accepts, whatever its count (Flink's `greedy()`). Reluctant loops (`+?`) and `?` try
+    /// every count instead.
     pub greedy: bool,
     /// How this step's first event follows the previous step's last.
     pub outer: Contiguity,
@@ -276,7 +278,22 @@ impl V<'_> {
         if parsed.iter().all(|s| s.negated || s.min == 0) {
             self.seq_err(&p.pattern, 1, "the pattern must require at least one event (every step is optional)".into());
         }
-        if let Some(last) = parsed.last().filter(|s| !s.negated && s.min != s.max && !s.reluctant) {
+        for w in parsed.windows(2) {
+            if is_greedy(&w[0]) && !w[1].negated && w[1].min == 0 {
+                self.seq_err(
+                    &p.pattern,
+                    w[1].column,
+                    format!(
+                        "an optional step cannot follow the greedy loop `{}{}` (as in Flink CEP); make the loop reluctant (`{}{}?`) or the step required",
+                        w[0].name,
+                        quant_text(&w[0]),
+                        w[0].name,
+                        quant_text(&w[0])
+                    ),
+                );
+            }
+        }
+        if let Some(last) = parsed.last().filter(|s| !s.negated && is_greedy(s)) {
             self.seq_err(
                 &p.pattern,
                 last.column,
@@ -395,7 +412,7 @@ impl V<'_> {
                 negated: s.negated,
                 min: s.min,
                 max: s.max,
-                greedy: s.min != s.max && !s.reluctant,
+                greedy: is_greedy(s),
                 outer: s.join,
                 inner: inner[i],
                 cond: conds[i].take(),
@@ -593,6 +610,13 @@ fn reference(
     let with_current =
         matches!(func, RefFunc::Count | RefFunc::Sum | RefFunc::Avg | RefFunc::Min | RefFunc::Max) && st.is_none_or(|s| s == me);
     Ok((CondRef { step: st, pos, func, with_current }, out))
+}
+
+/// A loop that takes as many events as it can: a range of counts above one, not reluctant.
+/// `?` (`{0,1}`) is not a loop: like Flink SQL's `B?` (Flink CEP's `optional()` without
+/// `greedy()`), it tries both skipping and taking the step, and `??` means the same.
+fn is_greedy(s: &ParsedStep) -> bool {
+    s.min != s.max && s.max > 1 && !s.reluctant
 }
 
 fn quant_text(s: &ParsedStep) -> String {

@@ -600,6 +600,9 @@ impl Nfa {
             // Reached the end without taking this event: matches end with a taken event.
             return false;
         }
+        if c == 0 && i > 0 && self.greedy_loop_before_takes(ks, p, i, ev, scratch) {
+            return false;
+        }
         let s = &self.plan.steps[i];
         if s.negated {
             let hit = self.test(self.conds[i].as_ref(), ks, p, i, ev, scratch);
@@ -641,7 +644,10 @@ impl Nfa {
             Contiguity::Relaxed => !hit,
             Contiguity::Any => true,
         };
-        let ignore = !until && if c == 0 { i > 0 && skips(outer) } else { c < max && skips(inner) };
+        // Before the loop's first event `until` only keeps the event from being taken; Flink
+        // applies it to the take edge and to the edges inside the loop, not to the first
+        // state's ignore edge.
+        let ignore = if c == 0 { i > 0 && skips(outer) } else { !until && c < max && skips(inner) };
         if ignore {
             out.push(Branch::Ignore(i, c));
         }
@@ -677,6 +683,21 @@ impl Nfa {
             j += 1;
         }
         true
+    }
+
+    /// Flink's `updateWithGreedyCondition`: every edge of the state after a greedy loop (take,
+    /// ignore, proceed) also requires that the loop's condition is false for the event, whatever
+    /// the loop's count. So the step after a greedy loop, before its first event, neither takes
+    /// nor skips an event the loop would take, even with the loop at its maximum. Relaxed
+    /// negations (`-> !x`) are conditions on that state's edges in Flink, so the rule looks
+    /// past them to the loop.
+    fn greedy_loop_before_takes(&self, ks: &KeyState, p: &Partial, i: usize, ev: &[Value], scratch: &mut Vec<Value>) -> bool {
+        let steps = &self.plan.steps;
+        let mut g = i - 1;
+        while g > 0 && steps[g].negated && steps[g].outer == Contiguity::Relaxed {
+            g -= 1;
+        }
+        steps[g].greedy && self.take_condition(ks, p, g, ev, scratch)
     }
 
     fn take_condition(&self, ks: &KeyState, p: &Partial, i: usize, ev: &[Value], scratch: &mut Vec<Value>) -> bool {

@@ -190,8 +190,8 @@ fn one_or_more_and_optional() {
     // Optional: with and without the optional event.
     let d3 = define(&[("a", "a"), ("b", "b"), ("c", "c")]);
     assert_eq!(sorted(run("a -> b?? -> c", &format!("{d3}\n{NO_SKIP}"), "a b c")), set(&["a b c", "a c"]));
-    // Greedy optional: takes b when it can.
-    assert_eq!(run("a -> b? -> c", &format!("{d3}\n{NO_SKIP}"), "a b c"), ["a b c"]);
+    // `?` is Flink's optional(), as Flink SQL translates it: both branches, so the same as `??`.
+    assert_eq!(sorted(run("a -> b? -> c", &format!("{d3}\n{NO_SKIP}"), "a b c")), set(&["a b c", "a c"]));
     assert_eq!(run("a -> b? -> c", &format!("{d3}\n{NO_SKIP}"), "a x c"), ["a c"]);
     // Zero or more.
     assert_eq!(sorted(run("a b*? c", &format!("{d3}\n{NO_SKIP}"), "a b b c")), set(&["a b b c"]));
@@ -215,6 +215,22 @@ fn greedy_loop_cannot_end_a_pattern() {
     assert!(err.contains("greedy.toml:12:") && err.contains("b+?"), "{err}");
 }
 
+#[test]
+fn an_optional_step_cannot_follow_a_greedy_loop() {
+    // Flink CEP: "Optional pattern cannot be preceded by greedy pattern" (Flink SQL refuses
+    // PATTERN (A B+ C?) with it). `?` is not a greedy loop, so it may end a pattern.
+    let job = |pattern: &str| {
+        format!("name = \"x\"\n[source]\ntype = \"stdin\"\n[schema]\ntenant = \"t\"\n[schema.fields]\nt = \"string\"\nts = \"timestamp\"\n[time]\nfield = \"ts\"\n[[steps]]\npattern = \"{pattern}\"\n[[sinks]]\ntype = \"stdout\"\n")
+    };
+    let err = plan::load("opt.toml", &job("a b{2,4} c? d"), &[]).expect_err("optional after greedy").to_string();
+    assert!(err.contains("opt.toml:12:21:") && err.contains("`b{2,4}`") && err.contains("b{2,4}?"), "{err}");
+    assert!(plan::load("opt.toml", &job("a b{2,4}? c? d"), &[]).is_ok());
+    assert!(plan::load("opt.toml", &job("a b? c"), &[]).is_ok());
+    assert!(plan::load("opt.toml", &job("a b?"), &[]).is_ok());
+    let d = define(&[("a", "a"), ("b", "b")]);
+    assert_eq!(run("a b?", &format!("{d}\n{NO_SKIP}"), "a b"), ["a", "a b"]);
+}
+
 // --- until (cep.md: "(a+ until b)" on a1 c a2 b a3 -> {a1 a2} {a1} {a2} {a3}) ---
 
 #[test]
@@ -222,6 +238,20 @@ fn until_stops_a_loop() {
     let d = define(&[("a", "a")]);
     let got = run("a+?", &format!("{d}\nuntil = {{ a = \"{}\" }}\n{NO_SKIP}", is("b")), "a1 c a2 b a3");
     assert_eq!(sorted(got), set(&["a1", "a1 a2", "a2", "a3"]));
+}
+
+#[test]
+fn until_before_the_loop_starts_only_keeps_the_event_out() {
+    // Flink extends a loop's take edge and its inner edges with `until`, not the ignore edge
+    // before its first event: under `->`, an event matching `until` before the first b is
+    // skipped like any other (found by scripts/flink/cep_differential.py's cep_until case).
+    let d = define(&[("a", "a"), ("b", "b"), ("c", "c")]);
+    let extra = format!("{d}\nuntil = {{ b = \"{}\" }}\n{NO_SKIP}", is("u"));
+    assert_eq!(run("a -> b+? -> c", &extra, "a u b c"), ["a b c"]);
+    // Once the loop has started, the `until` event ends it: no b after it, but the next step
+    // may still come.
+    assert_eq!(run("a -> b+? -> c", &extra, "a b u c"), ["a b c"]);
+    assert_eq!(run("a -> b+? -> c", &extra, "a b u b2 c"), ["a b c"]);
 }
 
 // --- Negation ---
@@ -380,4 +410,54 @@ fn partial_matches_per_key_are_capped() {
     let got = run("a ->> b", &job_extra, "a1 a2 a3 a4 a5 b");
     // Only the three newest starts survive.
     assert_eq!(sorted(got), set(&["a3 b", "a4 b", "a5 b"]));
+}
+
+// --- Issue 17, items 8 and 9: Flink SQL's answers on its own inputs ---
+
+/// One key's events, 10 s apart: `name:price` each, named by their type (`login`, `play`...).
+fn spaced(events: &[(&str, i64)]) -> String {
+    let parts: Vec<String> = events.iter().enumerate().map(|(i, (n, p))| format!("{n}{p}:{p}@{}", i as i64 * 10_000)).collect();
+    parts.join(" ")
+}
+
+#[test]
+fn a_greedy_loop_at_its_maximum_keeps_its_events_from_the_next_step() {
+    // Flink SQL PATTERN (A B{2,4} C), B = play, C = price > 10: no match. Flink ANDs "and not B"
+    // into C's condition for a greedy loop whatever its count (NFACompiler's
+    // updateWithGreedyCondition), so play(15) after four plays is neither a fifth B nor a C.
+    let d = r#"define = { a = "name LIKE 'login%'", b = "name LIKE 'play%'", c = "price > 10" }"#;
+    let extra = format!("{d}\ncontiguity = {{ b = \"strict\" }}");
+    let events = spaced(&[("login", 5), ("play", 3), ("play", 4), ("play", 5), ("play", 6), ("play", 15)]);
+    assert!(run("a b{2,4} c", &extra, &events).is_empty(), "{:?}", run("a b{2,4} c", &extra, &events));
+    assert!(run("a b{,3} c", &extra, &events).is_empty(), "{:?}", run("a b{,3} c", &extra, &events));
+    // Below the maximum nothing changes: C takes the first event that is not a B.
+    let events = spaced(&[("login", 5), ("play", 3), ("play", 4), ("pause", 15)]);
+    assert_eq!(run("a b{2,4} c", &extra, &events), ["login5 play3 play4 pause15"]);
+    // The rule holds for C's whole wait under relaxed contiguity: a C-branch that skipped a
+    // non-B event dies on the next B (Flink modifies C's ignore edge too).
+    let relaxed = format!("{d}\ncontiguity = {{ b = \"strict\" }}\n{NO_SKIP}");
+    let events = spaced(&[("login", 5), ("play", 3), ("play", 4), ("x", 1), ("play", 20)]);
+    assert_eq!(run("a b{2} -> c", &relaxed, &events), ["login5 play3 play4 play20"]);
+    assert!(run("a b{2,3} -> c", &relaxed, &events).is_empty());
+    // Reluctant loops have no such rule: every count is tried.
+    assert_eq!(
+        sorted(run("a b{2,4}? c", &relaxed, &spaced(&[("login", 5), ("play", 3), ("play", 4), ("play", 15)]))),
+        set(&["login5 play3 play4 play15"])
+    );
+}
+
+#[test]
+fn optional_step_tries_both_branches_as_flink_sql_does() {
+    // Flink SQL translates B? to optional() without greedy(): both "skip B" and "take B" are
+    // tried. PATTERN (A B? C), B = pause or play, C = play with a price above B's (or A's if B
+    // is empty), on login(5) play(6) play(4): one match, login play(6) with B empty.
+    let d = r#"define = { a = "name LIKE 'login%'", b = "name LIKE 'pause%' OR name LIKE 'play%'", c = "name LIKE 'play%' AND price > coalesce(b.price, a.price)" }"#;
+    let events = spaced(&[("login", 5), ("play", 6), ("play", 4)]);
+    assert_eq!(run("a b? c", d, &events), ["login5 play6"]);
+    // `{0,1}` is the same quantifier; `??` is accepted and means the same (Flink SQL refuses it).
+    assert_eq!(run("a b{0,1} c", d, &events), ["login5 play6"]);
+    assert_eq!(run("a b?? c", d, &events), ["login5 play6"]);
+    // Both branches, no skip: the match with B too when C allows it.
+    let events = spaced(&[("login", 5), ("play", 6), ("play", 7)]);
+    assert_eq!(sorted(run("a b? c", &format!("{d}\n{NO_SKIP}"), &events)), set(&["login5 play6", "login5 play6 play7"]));
 }

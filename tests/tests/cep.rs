@@ -312,3 +312,66 @@ url = "{}"
     );
     assert_eq!(read_jsonl(&out).len(), 3);
 }
+
+/// Issue 17's inputs for items 8 and 9 as jobs (file source, two tenants with the same events):
+/// a greedy bounded loop at its maximum keeps play(15) from the next step, and `?` tries both
+/// branches, as Flink SQL's MATCH_RECOGNIZE does (docs/cep.md, "Quantifiers").
+#[test]
+fn flink_sql_answers_for_greedy_bounds_and_optional_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |name: &str, events: &[(&str, f64)], pattern: &str, define: &str| -> Vec<Value> {
+        let data = dir.path().join(format!("{name}.jsonl"));
+        let mut lines = String::new();
+        for (i, (kind, price)) in events.iter().enumerate() {
+            for tenant in ["acme", "globex"] {
+                let ts = 1_772_452_800_000i64 + i as i64 * 10_000;
+                lines.push_str(&format!(r#"{{"tenant_id":"{tenant}","user_id":"u1","event_type":"{kind}","price":{price},"ts":{ts}}}"#));
+                lines.push('\n');
+            }
+        }
+        std::fs::write(&data, lines).expect("events");
+        let out = dir.path().join(format!("{name}.out.jsonl"));
+        let job = format!(
+            r#"
+name = "{name}"
+[source]
+type = "file"
+path = "{data}"
+[schema]
+tenant = "tenant_id"
+[schema.fields]
+tenant_id = "string"
+user_id = "string"
+event_type = "string"
+price = "float"
+ts = "timestamp"
+[time]
+field = "ts"
+[[steps]]
+pattern = "{pattern}"
+key_by = ["user_id"]
+{define}
+[steps.measures]
+plays = "list(price)"
+[[sinks]]
+type = "file"
+path = "{out}"
+"#,
+            data = data.display(),
+            out = out.display()
+        );
+        run_job(&job, 2);
+        let mut rows = read_jsonl(&out);
+        rows.sort_by_key(|r| r["tenant_id"].to_string());
+        rows
+    };
+    let plays = [("login", 5.0), ("play", 3.0), ("play", 4.0), ("play", 5.0), ("play", 6.0), ("play", 15.0)];
+    let define =
+        "contiguity = { b = \"strict\" }\ndefine = { a = \"event_type = 'login'\", b = \"event_type = 'play'\", c = \"price > 10\" }";
+    assert_eq!(run("upto4", &plays, "a b{2,4} c", define), Vec::<Value>::new());
+    assert_eq!(run("upto3", &plays, "a b{,3} c", define), Vec::<Value>::new());
+    let define = "define = { a = \"event_type = 'login'\", b = \"event_type IN ('pause', 'play')\", c = \"event_type = 'play' AND price > coalesce(b.price, a.price)\" }";
+    let rows = run("optional", &[("login", 5.0), ("play", 6.0), ("play", 4.0)], "a b? c", define);
+    let got: Vec<(&str, &str)> = rows.iter().map(|r| (r["tenant_id"].as_str().unwrap_or(""), r["plays"].as_str().unwrap_or(""))).collect();
+    assert_eq!(got, [("acme", "[5.0,6.0]"), ("globex", "[5.0,6.0]")], "{rows:?}");
+}
