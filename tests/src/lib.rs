@@ -303,7 +303,7 @@ pub fn run_with_kills(dir: &Path, delays_ms: &[u64]) -> (usize, String) {
 /// Returns the restored run's stderr (`TENANTFLOW_LOG=warn`, progress lines); panics if it
 /// fails.
 pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_service: impl FnOnce()) -> String {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let spawn = |restore: bool| {
         let mut cmd = std::process::Command::new(tenantflow_bin());
         cmd.args(["run", "job.toml", "--workers", "2"]).current_dir(dir).env("TENANTFLOW_LOG", "warn");
@@ -328,18 +328,7 @@ pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_serv
     std::thread::sleep(Duration::from_secs(4));
     assert!(restored.try_wait().expect("try_wait").is_none(), "the restored job ended while its sink's service was down");
     start_service();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = restored.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(90), "the job did not finish after the service came back");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = restored.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let (status, err) = wait_exit(&mut restored, Duration::from_secs(90), "the job did not finish after the service came back");
     assert!(status.success(), "the restored run failed: {err}");
     assert!(err.contains("waiting for the sink's service"), "the restored run did not say it waits for the sink: {err}");
     assert!(
@@ -347,6 +336,24 @@ pub fn restore_during_outage(dir: &Path, kill_service: impl FnOnce(), start_serv
         "no progress line names the sink the job waits for: {err}"
     );
     err
+}
+
+/// Waits up to `limit` for `child` to exit (panics with `what` after that); returns its status
+/// and its stderr, when piped.
+pub fn wait_exit(child: &mut std::process::Child, limit: std::time::Duration, what: &str) -> (std::process::ExitStatus, String) {
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(start.elapsed() < limit, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (status, err)
 }
 
 /// A received webhook call: headers (names lowercased) and JSON body.

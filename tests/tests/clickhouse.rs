@@ -151,7 +151,7 @@ fn killed_and_restored_runs_leave_exactly_the_crash_free_results() {
 /// ClickHouse ends up with every result once.
 #[test]
 fn a_clickhouse_outage_makes_the_job_wait_and_loses_nothing() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let mut ch = ClickHouse::start(22_000 + (std::process::id() % 300) as u16 * 4 + 2_400);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -167,14 +167,7 @@ fn a_clickhouse_outage_makes_the_job_wait_and_loses_nothing() {
     std::thread::sleep(Duration::from_secs(10));
     assert!(child.try_wait().expect("try_wait").is_none(), "the job ended while ClickHouse was down");
     ch.restart();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "the job did not finish after ClickHouse came back");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (status, _) = tenantflow_tests::wait_exit(&mut child, Duration::from_secs(60), "the job did not finish after ClickHouse came back");
     assert!(status.success());
     let expected = file_rows(d);
     assert!(expected.len() > 50, "too little output to compare");

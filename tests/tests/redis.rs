@@ -233,7 +233,7 @@ fn killed_and_restored_runs_leave_exact_counters_and_streams() {
 /// ends up with every result once.
 #[test]
 fn a_redis_restart_makes_the_job_wait_and_loses_nothing() {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let mut redis = Redis::start(port(2));
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
@@ -250,18 +250,7 @@ fn a_redis_restart_makes_the_job_wait_and_loses_nothing() {
     std::thread::sleep(Duration::from_secs(5));
     assert!(child.try_wait().expect("try_wait").is_none(), "the job ended while Redis was down");
     redis.restart();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "the job did not finish after Redis came back");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-    }
+    let (status, err) = tenantflow_tests::wait_exit(&mut child, Duration::from_secs(60), "the job did not finish after Redis came back");
     assert!(status.success(), "{err}");
     assert!(err.contains("redis write failed"), "the outage went unnoticed: {err}");
     check(&redis, &read_jsonl(&d.join("out.jsonl")));
