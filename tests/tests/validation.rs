@@ -76,6 +76,9 @@ fn bad_jobs_get_exact_errors() {
         (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\npath = \"x\""), "job.toml:29:1: `sinks[0].type`: missing key `type` in [sinks[0]] (expected one of: stdout, file, kafka, discard, clickhouse, redis)"),
         (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"clickhouse\"\nurl = \"localhost:8123\"\ntable = \"t\""), "job.toml:31:7: `sinks[0].url`: expected an http:// or https:// URL, found \"localhost:8123\""),
         (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"clickhouse\"\nurl = \"http://h:8123\"\ntable = \"a.b.c\""), "job.toml:32:9: `sinks[0].table`: expected `table` or `database.table` (letters, digits, _), found \"a.b.c\""),
+        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"stdout\"\n\n[[sinks]]\ntype = \"stdout\""), "job.toml:32:1: `sinks[1].id`: sinks[0] has the id \"stdout\" too: give one of them its own `id` (checkpoints record each sink's progress by it)"),
+        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"discard\"\nid = \"out\"\n\n[[sinks]]\ntype = \"stdout\"\nid = \"out\""), "job.toml:35:6: `sinks[1].id`: sinks[0] has the id \"out\" too: give one of them its own `id` (checkpoints record each sink's progress by it)"),
+        (with("[[sinks]]\ntype = \"stdout\"", "[[sinks]]\ntype = \"stdout\"\nid = \"\""), "job.toml:31:6: `sinks[0].id`: expected a non-empty id of at most 200 characters without control characters"),
     ];
     let mut failures = Vec::new();
     for (i, (job, expected)) in cases.iter().enumerate() {
