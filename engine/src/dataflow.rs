@@ -974,7 +974,7 @@ impl SinkState {
         for slot in &mut self.sinks {
             let SlotState::Waiting(opener) = &slot.state else { continue };
             match opener.poll() {
-                None => waiting.push(format!("sink `{}`: {}", slot.id, opener.reason())),
+                None => waiting.push(opener.reason()),
                 Some(Ok(sink)) => {
                     tracing::info!(sink = %slot.id, "sink open");
                     slot.state = SlotState::Open(sink);
