@@ -2,7 +2,8 @@
 //! ClickHouse and Redis as sinks).
 //!
 //! Sources fill a [`Batch`] of typed rows (bad records become [`DeadLetter`]s, never errors that
-//! stop the job); sinks write finished rows. Each worker owns its own source instance and reads
+//! stop the job); sinks write finished rows, and a sink whose service is down is opened again
+//! until it answers ([`opener`]). Each worker owns its own source instance and reads
 //! its own share of the input (see each source's docs for how the input is split).
 
 pub mod clickhouse;
