@@ -234,7 +234,8 @@ pub fn micros_from_epoch_ms(text: &str) -> Option<i64> {
     for _ in (int.len() + frac.len()) as i64..whole {
         us = us.checked_mul(10)?;
     }
-    if us >= 9_000_000_000_000_000_000 / 1000 * 1000 {
+    // ±9e15 ms: far beyond years 1 to 9999 (checked later), refused before anything overflows.
+    if us >= 9_000_000_000_000_000_000 {
         return None;
     }
     Some(if negative { -us - i64::from(dropped) } else { us })
